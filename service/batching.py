@@ -1,0 +1,171 @@
+"""Per-model dynamic micro-batching.
+
+Concurrent requests for one model wait at most `max_wait_ms` for company, are stacked along
+axis 0 into one tensor (up to `max_batch` rows), run once, and get their own rows back.
+The queue is bounded: past `max_queue` waiting requests the caller gets `Overloaded` (429)
+at once instead of a growing backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import ModelUnavailable, Overloaded
+
+log = logging.getLogger("service.batching")
+
+RunFn = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """outputs: the model outputs for this request's rows only (each (n, ...)).
+    batch_size: rows in the batch this request ran in (its own plus others')."""
+
+    outputs: list[np.ndarray]
+    queue_ms: float
+    run_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Pending:
+    tensor: np.ndarray
+    future: asyncio.Future[BatchResult]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        name: str,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+    ) -> None:
+        self._run = run
+        self.name = name
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._carry: _Pending | None = None
+        # One thread per model: ORT parallelises inside a run; two runs of one session at once
+        # would only fight over the same cores.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._running = 0
+        self.batches_run = 0
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() + (1 if self._carry else 0)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
+
+    async def submit(self, tensor: np.ndarray) -> BatchResult:
+        """tensor: (n, ...) rows for one request; n <= max_batch."""
+        if self._closing or self._task is None:
+            raise ModelUnavailable(
+                f"model {self.name} is not serving", headers={"Retry-After": "1"}
+            )
+        if tensor.shape[0] > self.max_batch:
+            raise ValueError(f"{tensor.shape[0]} rows exceed max_batch {self.max_batch}")
+        if self.depth >= self.max_queue:
+            raise Overloaded(
+                f"model {self.name} has {self.depth} requests waiting; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(tensor, future))
+        return await future
+
+    async def _next_batch(self) -> list[_Pending]:
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        batch, rows = [first], first.tensor.shape[0]
+        deadline = time.perf_counter() + self.max_wait
+        while rows < self.max_batch:
+            timeout = deadline - time.perf_counter()
+            try:
+                item = (
+                    self._queue.get_nowait()
+                    if timeout <= 0
+                    else await asyncio.wait_for(self._queue.get(), timeout)
+                )
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+            fits = rows + item.tensor.shape[0] <= self.max_batch
+            if not fits or item.tensor.shape[1:] != first.tensor.shape[1:]:
+                self._carry = item  # different size: it leads the next batch
+                break
+            batch.append(item)
+            rows += item.tensor.shape[0]
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            live = [p for p in batch if not p.future.done()]  # a cancelled client frees its slot
+            if not live:
+                continue
+            stacked = (
+                live[0].tensor
+                if len(live) == 1
+                else np.concatenate([p.tensor for p in live], axis=0)
+            )
+            started = time.perf_counter()
+            self._running += 1
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._run, stacked)
+            except Exception as exc:  # deliver the failure to every waiter, keep serving
+                log.exception("model %s failed on a batch of %d", self.name, stacked.shape[0])
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            finally:
+                self._running -= 1
+            run_ms = (time.perf_counter() - started) * 1000
+            self.batches_run += 1
+            offset = 0
+            for p in live:
+                n = p.tensor.shape[0]
+                if not p.future.done():
+                    p.future.set_result(
+                        BatchResult(
+                            outputs=[o[offset : offset + n] for o in outputs],
+                            queue_ms=(started - p.enqueued) * 1000,
+                            run_ms=run_ms,
+                            batch_size=stacked.shape[0],
+                        )
+                    )
+                offset += n
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        """Stop taking work, let queued requests finish (up to drain_timeout), then stop."""
+        self._closing = True
+        deadline = time.perf_counter() + drain_timeout
+        while (self.depth or self._running) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,1 @@
+"""HTTP routes: they decode the request, call one task function, encode its schema."""

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Request, UploadFile
+
+from service.routes.common import app_settings, decode_upload, get_registry, needed_side
+from service.schemas import ERROR_RESPONSES, ClassifyResponse, ClassPrediction, ImageInfo
+from service.tasks.classify import classify
+from service.timing import Timing
+
+router = APIRouter(tags=["classify"])
+
+
+@router.post("/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES)
+async def classify_image(
+    request: Request,
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF.")],
+    top_k: Annotated[int, Query(ge=1, le=100, description="How many classes to return.")] = 5,
+    model: Annotated[
+        str | None, Query(max_length=64, description="Model name; default per /v1/models.")
+    ] = None,
+) -> ClassifyResponse:
+    """Top-k classes for one image."""
+    timing = Timing()
+    runtime = get_registry(request).get("classify", model)
+    decoded = await decode_upload(
+        image, app_settings(request), timing, min_side=needed_side(runtime.card)
+    )
+    result = await classify(runtime, decoded, top_k, timing)
+    labels = runtime.card.labels
+    predictions = [
+        ClassPrediction(
+            label=labels[i] if i < len(labels) else str(i), class_id=int(i), score=float(s)
+        )
+        for i, s in zip(result.predictions.class_id, result.predictions.score, strict=True)
+    ]
+    return ClassifyResponse(
+        model=runtime.name,
+        predictions=predictions,
+        image=ImageInfo(width=decoded.width, height=decoded.height),
+        timing_ms=timing.report(),
+    )

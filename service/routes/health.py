@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import onnxruntime as ort
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.routes.common import app_settings, get_registry
+from service.schemas import HealthResponse, ModelsResponse, ReadyResponse
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz", response_model=HealthResponse)
+async def healthz() -> HealthResponse:
+    """Liveness: the process answers. Never touches a model."""
+    return HealthResponse(status="ok")
+
+
+@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+async def readyz(request: Request) -> JSONResponse:
+    """200 once every default model is loaded and warmed up, 503 before (or if one failed)."""
+    registry = get_registry(request)
+    body = ReadyResponse(
+        status="ready" if registry.ready else ("loading" if registry.loading else "degraded"),
+        models={name: m.ready for name, m in registry.models.items()},
+        failed=registry.failed,
+    )
+    if registry.ready:
+        return JSONResponse(body.model_dump())
+    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "2"})
+
+
+@router.get("/v1/models", response_model=ModelsResponse)
+async def list_models(request: Request) -> ModelsResponse:
+    """Every model card, the providers really active, batching and thread settings."""
+    registry = get_registry(request)
+    settings = app_settings(request)
+    return ModelsResponse(
+        defaults=registry.defaults,
+        models=[m.describe() for m in registry.models.values()],
+        failed=registry.failed,
+        runtime={
+            "onnxruntime": ort.__version__,
+            "available_providers": ort.get_available_providers(),
+            "device_setting": settings.device,
+            "intra_op_threads": settings.intra_op_threads,
+            "inter_op_threads": settings.inter_op_threads,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_pixels": settings.max_pixels,
+        },
+    )

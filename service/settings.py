@@ -1,0 +1,64 @@
+"""Service configuration: one validated object, read once from the environment (prefix IIS_)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Preprocessing and labels live in model cards, not here."""
+
+    model_config = SettingsConfigDict(env_prefix="IIS_", env_file=".env", extra="ignore")
+
+    models_dir: Path = Field(
+        Path("models"), description="Folder of <name>/model.onnx + model.json."
+    )
+    device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto", description="auto: TensorRT > CUDA > CPU, whichever really starts."
+    )
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Per request body.")
+    max_pixels: int = Field(40_000_000, gt=0, description="width x height, checked from header.")
+    max_batch: int = Field(8, ge=1, le=256, description="Micro-batch size per model.")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a batch waits to fill.")
+    max_queue: int = Field(64, ge=1, description="Requests waiting per model before 429.")
+    intra_op_threads: int = Field(
+        default_factory=_cpu_count, ge=1, description="ORT threads per session run."
+    )
+    inter_op_threads: int = Field(1, ge=1)
+    warmup_runs: int = Field(2, ge=0, le=100)
+    default_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma list of model names that are each task's default; "
+        "empty: the first card per task in name order.",
+    )
+    background_load: bool = Field(
+        True, description="Serve /healthz while models load; false: load before serving."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+    @field_validator("default_models", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""One module per task: a pure `preprocess` / `postprocess` pair and one async entry point."""

@@ -1,0 +1,84 @@
+"""Image classification: top-k labels from a single-logit-vector model.
+
+In the graph: nothing but the network (resize, crop and normalise happen here, per the card).
+Card `postprocess.activation`: "softmax" (logits out, default), "sigmoid" (multi-label), or
+"none" (the graph already outputs probabilities).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from service.cards import ModelCard
+from service.images import DecodedImage
+from service.preprocess import to_batch
+from service.runtime import ModelRuntime
+from service.timing import Timing, in_thread
+
+Activation = Literal["softmax", "sigmoid", "none"]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Top-k for one image, best first. class_id: (k,) int64; score: (k,) float32."""
+
+    class_id: np.ndarray
+    score: np.ndarray
+
+
+def activation_of(card: ModelCard) -> Activation:
+    value = card.postprocess.get("activation", "softmax")
+    if value not in ("softmax", "sigmoid", "none"):
+        raise ValueError(f"model {card.name}: unknown activation {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def preprocess(images: Sequence[DecodedImage], card: ModelCard) -> np.ndarray:
+    """-> (N, 3, H, W) float32 (or NHWC, per the card)."""
+    batch, _ = to_batch(images, card.preprocess)
+    return batch
+
+
+def postprocess(logits: np.ndarray, top_k: int, activation: Activation) -> list[Predictions]:
+    """logits: (N, K) -> N Predictions of min(top_k, K) classes each, sorted by score."""
+    if logits.ndim != 2:
+        raise ValueError(f"expected logits of shape (N, K), got {logits.shape}")
+    x = logits.astype(np.float32, copy=False)
+    if activation == "softmax":
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+    elif activation == "sigmoid":
+        probs = 1.0 / (1.0 + np.exp(-x))
+    else:
+        probs = x
+    k = min(top_k, probs.shape[1])
+    # argpartition is O(K); only the k survivors get sorted.
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    rows = np.arange(probs.shape[0])[:, None]
+    order = np.argsort(-probs[rows, top], axis=1, kind="stable")
+    ids = top[rows, order]
+    return [Predictions(ids[i].astype(np.int64), probs[i, ids[i]]) for i in range(len(ids))]
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    predictions: Predictions
+    batch_size: int
+
+
+async def classify(
+    runtime: ModelRuntime, image: DecodedImage, top_k: int, timing: Timing
+) -> ClassifyResult:
+    batch = await in_thread(timing, "preprocess", preprocess, [image], runtime.card)
+    result = await runtime.infer(batch)
+    timing.add("queue", result.queue_ms)
+    timing.add("inference", result.run_ms)
+    started = time.perf_counter()
+    (predictions,) = postprocess(result.outputs[0], top_k, activation_of(runtime.card))
+    timing.add("postprocess", (time.perf_counter() - started) * 1000)
+    return ClassifyResult(predictions, result.batch_size)

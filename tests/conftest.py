@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny models built by the project's own exporters, and apps over them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers import DEFAULT_MODELS, serve
+
+
+@pytest.fixture(scope="session")
+def default_models() -> Path:
+    """models/ as `python scripts/build_models.py` leaves it. Missing models fail the test
+    (they are never skipped silently): CI builds them before pytest runs."""
+    from scripts.build_models import DEFAULTS
+
+    missing = [m.name for m in DEFAULTS if not (DEFAULT_MODELS / m.name / "model.onnx").is_file()]
+    if missing:
+        pytest.fail(f"default models missing: {missing}; run python scripts/build_models.py")
+    return DEFAULT_MODELS
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    """Folder of real photos fetched by scripts/build_models.py from registry packages."""
+    from scripts.build_models import CACHE, TEST_DATA, testdata_path
+
+    missing = [t.member for t in TEST_DATA if not testdata_path(Path(t.member).name).exists()]
+    if missing:
+        pytest.fail(f"test photos missing: {missing}; run python scripts/build_models.py")
+    return CACHE / "testdata"
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/ holding `tiny-cls`: a 3-class CNN with seeded random weights, exported by
+    scripts/exporters/classify.py (so the export path is under test too)."""
+    import torch
+    from torch import nn
+
+    from scripts.exporters.classify import export_classifier
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 3),
+    )
+    out = tmp_path_factory.mktemp("models")
+    export_classifier(
+        model,
+        name="tiny-cls",
+        labels=["apple", "banana", "cherry"],
+        out_dir=out,
+        preprocess={
+            "resize": "crop",
+            "resize_short": 36,
+            "size": [32, 32],
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        },
+        source={"weights": "random (tests only)"},
+    )
+    return out
+
+
+@pytest.fixture
+def classify_client(tiny_classifier_dir: Path) -> Iterator[TestClient]:
+    with serve(tiny_classifier_dir) as client:
+        yield client

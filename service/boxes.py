@@ -11,7 +11,8 @@ import numpy as np
 def area(xyxy: np.ndarray) -> np.ndarray:
     """(N, 4) -> (N,) float32; degenerate boxes have area 0."""
     wh = np.clip(xyxy[:, 2:4] - xyxy[:, 0:2], 0, None)
-    return (wh[:, 0] * wh[:, 1]).astype(np.float32)
+    out: np.ndarray = (wh[:, 0] * wh[:, 1]).astype(np.float32)
+    return out
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

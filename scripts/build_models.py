@@ -210,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         for m in missing:
             print(f"needs a build: {m.name}")
-        return 3 if missing else 0
+        data_missing = not args.no_test_data and any(
+            not testdata_path(Path(t.member).name).exists() for t in TEST_DATA
+        )
+        return 3 if missing or data_missing else 0
     for m in missing:
         print(f"building {m.name} (cached afterwards in {m.cached()})", flush=True)
         weights = [w.fetch() for w in m.weights]

@@ -117,6 +117,8 @@ def _describe_validation(errors: list[dict[str, Any]]) -> tuple[int, str, str]:
         field = loc[-1] if len(loc) > 1 else where
         if err.get("type") == "missing":
             parts.append(f"{where} field '{field}' is required")
+        elif "UploadFile" in str(err.get("msg", "")):
+            parts.append(f"{where} field '{field}' must be a file upload (multipart/form-data)")
         else:
             parts.append(f"{where} field '{field}': {err.get('msg', 'invalid')}")
     message = "; ".join(parts) or "invalid request"

@@ -116,7 +116,7 @@ def decode(data: bytes, *, max_pixels: int, min_side: int | None = None) -> Deco
     # Pillow's parsers raise many exception types on hostile headers (SyntaxError, struct.error,
     # ValueError, ...): all of them mean the same thing to the client.
     except Exception as exc:
-        raise InvalidImage(f"the image header could not be read: {exc}") from None
+        raise InvalidImage(f"the image header is corrupt or truncated: {exc}") from None
 
     with img:
         fmt = img.format or "unknown"

@@ -43,3 +43,126 @@ def test_classify_matches_a_bare_session(classify_client: TestClient, tiny_class
     assert body["image"] == {"width": 80, "height": 60}
     assert set(body["timing_ms"]) >= {"decode", "preprocess", "inference", "total"}
     assert r.headers["x-request-id"]
+
+
+def post_image(client: TestClient, data: bytes, url: str = "/classify", field: str = "image"):
+    return client.post(url, files={field: ("upload", data, "application/octet-stream")})
+
+
+def assert_error(response, status: int, code: str, words: str = "") -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert words in body["error"]["message"]
+    assert body["error"]["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in response.text and "/work/" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("url", "kwargs", "status", "code", "words"),
+    [
+        ("/classify", {"data": {"image": "not a file"}}, 400, "invalid_request", "file upload"),
+        ("/classify", {"files": {"photo": ("a.png", b"x")}}, 400, "invalid_request",
+         "'image' is required"),
+        ("/classify", {}, 400, "invalid_request", "'image' is required"),
+        ("/classify", {"files": {"image": ("a.txt", b"just text")}}, 400, "invalid_image",
+         "not a decodable image"),
+        ("/classify", {"files": {"image": ("a.svg", b"<svg></svg>")}}, 415,
+         "unsupported_media_type", "SVG"),
+        ("/classify", {"files": {"image": ("a.pdf", b"%PDF-1.4 ...")}}, 415,
+         "unsupported_media_type", "PDF"),
+        ("/classify?top_k=0", {}, 422, "invalid_parameter", "top_k"),
+        ("/classify?top_k=101", {}, 422, "invalid_parameter", "top_k"),
+        ("/classify?top_k=abc", {}, 422, "invalid_parameter", "top_k"),
+        ("/classify?model=nope", {}, 404, "model_not_found", "available: tiny-cls"),
+    ],
+)
+def test_client_errors_have_one_shape(classify_client, url, kwargs, status, code, words):
+    if "files" not in kwargs and "data" not in kwargs and status != 400:
+        kwargs = {"files": {"image": ("a.png", encode(noise_image(), "PNG"))}}
+    assert_error(classify_client.post(url, **kwargs), status, code, words)
+    # and the server keeps serving
+    ok = post_image(classify_client, encode(noise_image(), "PNG"))
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 3
+
+
+def test_byte_limit_is_413(tiny_classifier_dir):
+    from tests.helpers import serve
+
+    with serve(tiny_classifier_dir, max_upload_bytes=10_000) as client:
+        big = encode(noise_image(200, 200), "PNG")
+        assert len(big) > 10_000
+        assert_error(post_image(client, big), 413, "payload_too_large", "10000-byte")
+        assert post_image(client, encode(noise_image(20, 20), "PNG")).status_code == 200
+
+
+def test_pixel_limit_is_413(tiny_classifier_dir):
+    from tests.helpers import serve
+
+    with serve(tiny_classifier_dir, max_pixels=1000) as client:
+        assert_error(post_image(client, encode(noise_image(40, 30), "PNG")), 413,
+                     "image_too_large", "40x30")
+        assert post_image(client, encode(noise_image(30, 30), "PNG")).status_code == 200
+
+
+def test_top_k_is_capped_by_class_count(classify_client):
+    r = classify_client.post(
+        "/classify?top_k=100", files={"image": ("a.png", encode(noise_image(), "PNG"))}
+    )
+    assert sorted(p["class_id"] for p in r.json()["predictions"]) == [0, 1, 2]
+
+
+def test_health_ready_and_models(classify_client):
+    assert classify_client.get("/healthz").json() == {"status": "ok"}
+    ready = classify_client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["models"] == {"tiny-cls": True}
+    info = classify_client.get("/v1/models").json()
+    assert info["defaults"] == {"classify": "tiny-cls"}
+    (model,) = info["models"]
+    assert model["card"]["labels"] == ["apple", "banana", "cherry"]
+    assert model["providers"]["active"][-1] == "CPUExecutionProvider"
+    assert model["providers"]["requested"][-1] == "CPUExecutionProvider"
+    assert model["ready"] is True and model["batching"]["max_batch"] >= 1
+    assert info["runtime"]["intra_op_threads"] == 1
+
+
+def test_readyz_is_503_without_models(tmp_path):
+    from tests.helpers import serve
+
+    with serve(tmp_path) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.headers["retry-after"] == "2"
+        assert_error(post_image(client, encode(noise_image(), "PNG")), 404, "model_not_found",
+                     "no classify model")
+
+
+def test_a_broken_model_is_reported_and_the_rest_serve(tiny_classifier_dir, tmp_path):
+    import shutil
+
+    from tests.helpers import serve
+
+    shutil.copytree(tiny_classifier_dir / "tiny-cls", tmp_path / "tiny-cls")
+    shutil.copytree(tiny_classifier_dir / "tiny-cls", tmp_path / "broken")
+    card = (tmp_path / "broken" / "model.json").read_text().replace('"tiny-cls"', '"broken"')
+    (tmp_path / "broken" / "model.json").write_text(card)
+    (tmp_path / "broken" / "model.onnx").write_bytes(b"not onnx")
+    with serve(tmp_path, default_models=["tiny-cls"]) as client:
+        assert client.get("/readyz").status_code == 200
+        assert "broken" in client.get("/v1/models").json()["failed"]
+        assert_error(client.post("/classify?model=broken",
+                                 files={"image": ("a.png", encode(noise_image(), "PNG"))}),
+                     503, "model_unavailable", "failed to load")
+
+
+def test_unknown_route_and_method_use_the_error_shape(classify_client):
+    assert_error(classify_client.get("/nope"), 404, "not_found")
+    assert_error(classify_client.get("/classify"), 405, "method_not_allowed")
+
+
+def test_client_request_id_is_echoed(classify_client):
+    r = classify_client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    r = classify_client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert r.headers["x-request-id"] != "bad id\twith spaces"

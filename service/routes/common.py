@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from fastapi import Request, UploadFile
-from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from service.cards import ModelCard
-from service.errors import InvalidRequest
 from service.images import DecodedImage, decode
 from service.runtime import ModelRegistry
 from service.settings import Settings
@@ -37,8 +35,6 @@ async def decode_upload(
     upload: UploadFile, settings: Settings, timing: Timing, *, min_side: int | None
 ) -> DecodedImage:
     """Read one form file (already bounded by the body limit) and decode it off the loop."""
-    if not isinstance(upload, StarletteUploadFile):  # a text field named 'image'
-        raise InvalidRequest("the image field must be a file upload")
     data = await upload.read()
     return await in_thread(
         timing, "decode", lambda: decode(data, max_pixels=settings.max_pixels, min_side=min_side)

@@ -53,7 +53,7 @@ def postprocess(logits: np.ndarray, top_k: int, activation: Activation) -> list[
         e = np.exp(x - x.max(axis=1, keepdims=True))
         probs = e / e.sum(axis=1, keepdims=True)
     elif activation == "sigmoid":
-        probs = 1.0 / (1.0 + np.exp(-x))
+        probs = 0.5 * (1.0 + np.tanh(0.5 * x))  # sigmoid without exp overflow
     else:
         probs = x
     k = min(top_k, probs.shape[1])

@@ -1,0 +1,138 @@
+"""Provider choice, the micro-batcher, and the service's independence from torch."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import MicroBatcher
+from service.errors import Overloaded
+from service.runtime import CPU, CUDA, TENSORRT, choose_providers, pick_defaults
+from tests.helpers import ROOT
+
+GPU_WHEEL = [TENSORRT, CUDA, CPU]  # onnxruntime-gpu lists these even without a GPU
+CPU_WHEEL = ["AzureExecutionProvider", CPU]
+
+
+@pytest.mark.parametrize(
+    ("device", "available", "driver", "trt", "expected"),
+    [
+        ("auto", GPU_WHEEL, False, False, [CPU]),  # no driver: don't even ask for CUDA
+        ("auto", GPU_WHEEL, True, False, [CUDA, CPU]),
+        ("auto", GPU_WHEEL, True, True, [TENSORRT, CUDA, CPU]),
+        ("auto", CPU_WHEEL, True, True, [CPU]),
+        ("cpu", GPU_WHEEL, True, True, [CPU]),
+        ("cuda", GPU_WHEEL, False, False, [CUDA, CPU]),  # asked explicitly: tried, reported
+        ("tensorrt", GPU_WHEEL, True, False, [TENSORRT, CUDA, CPU]),
+        ("cuda", CPU_WHEEL, True, False, [CPU]),
+    ],
+)
+def test_choose_providers(device, available, driver, trt, expected):
+    got = choose_providers(device, available, has_cuda_driver=driver, has_tensorrt=trt)
+    assert got == expected
+
+
+def test_pick_defaults_prefers_named_models_then_first_by_name():
+    from types import SimpleNamespace as NS
+
+    cards = [NS(name="b-cls", task="classify"), NS(name="a-cls", task="classify"),
+             NS(name="yolo", task="detect")]
+    assert pick_defaults(cards, []) == {"classify": "a-cls", "detect": "yolo"}  # type: ignore[arg-type]
+    assert pick_defaults(cards, ["b-cls"])["classify"] == "b-cls"  # type: ignore[arg-type]
+
+
+class RecordingModel:
+    """Stands in for a session: doubles its input, records the batch sizes it saw."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[int] = []
+        self.delay = delay
+        self.release = threading.Event()
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        self.batches.append(x.shape[0])
+        time.sleep(self.delay)
+        return [x * 2, x.sum(axis=(1, 2))]
+
+
+async def _run_concurrently(batcher: MicroBatcher, n: int) -> list[np.ndarray]:
+    batcher.start()
+    tensors = [np.full((1, 2, 2), i, np.float32) for i in range(n)]
+    results = await asyncio.gather(*(batcher.submit(t) for t in tensors))
+    await batcher.close()
+    for i, r in enumerate(results):  # every request gets its own rows back
+        np.testing.assert_array_equal(r.outputs[0], tensors[i] * 2)
+        np.testing.assert_array_equal(r.outputs[1], [4.0 * i])
+    return [np.asarray(r.batch_size) for r in results]
+
+
+def test_concurrent_requests_are_batched_and_split_back():
+    model = RecordingModel(delay=0.01)
+    batcher = MicroBatcher(model, name="m", max_batch=4, max_wait_ms=50, max_queue=64)
+    sizes = asyncio.run(_run_concurrently(batcher, 10))
+    assert sum(model.batches) == 10
+    assert max(model.batches) == 4 and len(model.batches) < 10
+    assert all(1 <= int(s) <= 4 for s in sizes)
+
+
+def test_full_queue_is_refused_with_retry_after():
+    async def scenario() -> tuple[int, int]:
+        model = RecordingModel(delay=0.05)
+        batcher = MicroBatcher(model, name="m", max_batch=1, max_wait_ms=0, max_queue=3)
+        batcher.start()
+        calls = [batcher.submit(np.zeros((1, 1, 1), np.float32)) for _ in range(8)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await batcher.close()
+        refused = [r for r in results if isinstance(r, Overloaded)]
+        assert all(r.headers["Retry-After"] == "1" for r in refused)
+        return len(refused), sum(not isinstance(r, BaseException) for r in results)
+
+    refused, served = asyncio.run(scenario())
+    assert refused >= 4 and served >= 3 and refused + served == 8
+
+
+def test_a_failing_run_fails_only_its_batch():
+    calls = {"n": 0}
+
+    def flaky(x: np.ndarray) -> list[np.ndarray]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return [x]
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(flaky, name="m", max_batch=1, max_wait_ms=0, max_queue=8)
+        batcher.start()
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit(np.zeros((1, 1), np.float32))
+        ok = await batcher.submit(np.ones((1, 1), np.float32))
+        np.testing.assert_array_equal(ok.outputs[0], [[1.0]])
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_service_imports_and_serves_without_torch(tiny_classifier_dir):
+    """The serving install has no torch: block it and run a real request."""
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+from tests.helpers import serve, encode, noise_image
+from pathlib import Path
+with serve(Path({str(tiny_classifier_dir)!r})) as client:
+    r = client.post("/classify", files={{"image": ("a.png", encode(noise_image(), "PNG"))}})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 3
+assert "torchvision" not in sys.modules
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")

@@ -80,7 +80,7 @@ def bare_runs(models: Path, name: str, photo: bytes, n: int, threads: int) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    import httpx
+    import httpx2 as httpx
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", type=Path, required=True)

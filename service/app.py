@@ -12,10 +12,11 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service.cards import discover
 from service.errors import install_error_handlers
-from service.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from service.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from service.routes import classify, health
 from service.runtime import ModelRegistry, load_model, pick_defaults, warm_up
 from service.settings import Settings, get_settings
@@ -84,8 +85,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = ModelRegistry()
     install_error_handlers(app)
+    # Starlette runs the last-added middleware first: request id -> CORS -> API key -> body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(RequestIdMiddleware)  # added last = outermost: ids every response
+    app.add_middleware(ApiKeyMiddleware, keys=settings.accepted_keys())
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(classify.router)
     return app

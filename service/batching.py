@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import ModelUnavailable, Overloaded
+from service.errors import DeadlineExceeded, ModelUnavailable, Overloaded
 
 log = logging.getLogger("service.batching")
 
@@ -76,8 +76,9 @@ class MicroBatcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
 
-    async def submit(self, tensor: np.ndarray) -> BatchResult:
-        """tensor: (n, ...) rows for one request; n <= max_batch."""
+    async def submit(self, tensor: np.ndarray, timeout: float | None = None) -> BatchResult:
+        """tensor: (n, ...) rows for one request; n <= max_batch. Past `timeout` seconds the
+        request is dropped from the queue (or its result ignored) and DeadlineExceeded raised."""
         if self._closing or self._task is None:
             raise ModelUnavailable(
                 f"model {self.name} is not serving", headers={"Retry-After": "1"}
@@ -91,7 +92,13 @@ class MicroBatcher:
             )
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(tensor, future))
-        return await future
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"model {self.name} did not answer within {timeout:g} s; retry later",
+                headers={"Retry-After": "2"},
+            ) from None
 
     async def _next_batch(self) -> list[_Pending]:
         first = self._carry or await self._queue.get()

@@ -78,6 +78,11 @@ class ModelUnavailable(ServiceError):
     code = "model_unavailable"
 
 
+class DeadlineExceeded(ServiceError):
+    status_code = 503
+    code = "timeout"
+
+
 def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", "-"))
 
@@ -149,6 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = str(exc.detail)
+        log.info("request %s rejected: %s %s: %s", request_id_of(request), exc.status_code,
+                 code, message)
         return error_response(request, exc.status_code, code, message, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 import uuid
+from collections.abc import Iterable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,25 +74,90 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     async def _reject(self, scope: Scope, send: Send) -> None:
-        request_id = scope.get("state", {}).get("request_id", "-")
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": BodyTooLarge(self.max_bytes).detail,
-                    "request_id": request_id,
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        detail = BodyTooLarge(self.max_bytes).detail
+        await send_error(scope, send, 413, "payload_too_large", detail, [(b"connection", b"close")])
+
+
+async def send_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer in the one error shape from a middleware, before the app's handlers exist."""
+    request_id = scope.get("state", {}).get("request_id", "-")
+    body = json.dumps(
+        {"error": {"code": code, "message": message, "request_id": request_id}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """When keys are configured, every path but the open ones needs `X-API-Key: <key>` or
+    `Authorization: Bearer <key>`. Keys are compared in constant time and never logged."""
+
+    OPEN_PATHS = frozenset(
+        {
+            "/healthz",
+            "/readyz",
+            "/docs",
+            "/docs/oauth2-redirect",
+            "/redoc",
+            "/openapi.json",
+            "/",
+            "/favicon.ico",
+        }
+    )
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+
+    def _presented(self, scope: Scope) -> bytes | None:
+        headers = dict(scope.get("headers", ()))
+        if b"x-api-key" in headers:
+            return bytes(headers[b"x-api-key"]).strip()
+        auth = bytes(headers.get(b"authorization", b""))
+        scheme, _, token = auth.partition(b" ")
+        if scheme.lower() == b"bearer" and token.strip():
+            return token.strip()
+        return None
+
+    def _accepted(self, key: bytes) -> bool:
+        # compare against every key so the time taken does not reveal which one matched
+        matches = [hmac.compare_digest(key, k) for k in self.keys]
+        return any(matches)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not self.keys
+            or scope["path"] in self.OPEN_PATHS
+            or scope["method"] == "OPTIONS"  # CORS preflight carries no credentials
+        ):
+            await self.app(scope, receive, send)
+            return
+        key = self._presented(scope)
+        if key is not None and self._accepted(key):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            "missing API key: send X-API-Key or Authorization: Bearer"
+            if key is None
+            else "the API key is not valid"
         )
-        await send({"type": "http.response.body", "body": body})
+        challenge = (b"www-authenticate", b'Bearer realm="image-inference-service"')
+        await send_error(scope, send, 401, "unauthorized", message, [challenge])

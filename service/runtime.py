@@ -95,6 +95,7 @@ class ModelRuntime:
     output_names: list[str]
     max_batch: int
     batcher: MicroBatcher
+    timeout_s: float | None = None
     load_ms: float = 0.0
     warmup_ms: float = 0.0
     ready: bool = False
@@ -117,7 +118,7 @@ class ModelRuntime:
             raise ModelUnavailable(
                 f"model {self.name} is still loading", headers={"Retry-After": "2"}
             )
-        return await self.batcher.submit(tensor)
+        return await self.batcher.submit(tensor, self.timeout_s)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -216,6 +217,7 @@ def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
         output_names=output_names,
         max_batch=max_batch,
         batcher=batcher,
+        timeout_s=settings.request_timeout_s,
         load_ms=(time.perf_counter() - started) * 1000,
     )
 

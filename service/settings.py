@@ -44,6 +44,16 @@ class Settings(BaseSettings):
         description="Comma list of model names that are each task's default; "
         "empty: the first card per task in name order.",
     )
+    request_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Longest a request may wait for its model (503 after)."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma list of accepted API keys; empty: no auth."
+    )
+    api_keys_file: Path | None = Field(None, description="File with one API key per line.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma list of allowed browser origins; empty: off."
+    )
     background_load: bool = Field(
         True, description="Serve /healthz while models load; false: load before serving."
     )
@@ -51,12 +61,20 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
-    @field_validator("default_models", mode="before")
+    @field_validator("default_models", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    def accepted_keys(self) -> list[str]:
+        """api_keys plus the lines of api_keys_file (read once, at start-up)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            keys += [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+        return keys
 
 
 @lru_cache

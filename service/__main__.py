@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 
+from service.logging_config import log_config
 from service.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     uvicorn.run(
         "service.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=log_config(settings.log_level),  # JSON lines, the access log included
         # One process holds one session per model; scale out with more containers instead.
         workers=1,
         timeout_graceful_shutdown=30,

@@ -67,6 +67,8 @@ class MicroBatcher:
         self._running = 0
         self._last_rows = 0
         self.batches_run = 0
+        # (rows, run seconds, each request's queue wait in seconds): metrics hook
+        self.observer: Callable[[int, float, list[float]], None] | None = None
 
     @property
     def depth(self) -> int:
@@ -153,6 +155,9 @@ class MicroBatcher:
             run_ms = (time.perf_counter() - started) * 1000
             self.batches_run += 1
             self._last_rows = stacked.shape[0]
+            if self.observer is not None:
+                waits = [started - p.enqueued for p in live]
+                self.observer(stacked.shape[0], run_ms / 1000, waits)
             offset = 0
             for p in live:
                 n = p.tensor.shape[0]

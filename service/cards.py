@@ -25,7 +25,8 @@ class Preprocess(BaseModel):
     """How pixels become the input tensor.
 
     resize: crop = short side to `resize_short`, then centre crop to `size`;
-        letterbox = fit inside `size` keeping aspect, pad with `pad_value`;
+        letterbox = fit inside `size` keeping aspect, pad with `pad_value` (around the image,
+            or only right/bottom with pad_anchor="top-left", as YuNet was trained);
         stretch = resize to `size` ignoring aspect; none-in-graph = the graph does it.
     size: [height, width] of the model input.
     The tensor is (pixels * scale - mean) / std, channels in `channel_order`, laid out `layout`.
@@ -43,6 +44,7 @@ class Preprocess(BaseModel):
     channel_order: Literal["RGB", "BGR"] = "RGB"
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     pad_value: int = 114
+    pad_anchor: Literal["center", "top-left"] = "center"
 
     @model_validator(mode="after")
     def _check(self) -> Preprocess:

@@ -95,6 +95,9 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     rid = request_id_of(request)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(code).inc()
     body = {"error": {"code": code, "message": message, "request_id": rid}}
     return JSONResponse(body, status_code=status_code, headers=headers)
 

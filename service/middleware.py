@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.metrics import metrics_of
+
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -88,6 +90,9 @@ async def send_error(
 ) -> None:
     """Answer in the one error shape from a middleware, before the app's handlers exist."""
     request_id = scope.get("state", {}).get("request_id", "-")
+    metrics = metrics_of(scope)
+    if metrics is not None:
+        metrics.errors.labels(code).inc()
     body = json.dumps(
         {"error": {"code": code, "message": message, "request_id": request_id}}
     ).encode()
@@ -146,6 +151,7 @@ class ApiKeyMiddleware:
             scope["type"] != "http"
             or not self.keys
             or scope["path"] in self.OPEN_PATHS
+            or scope["path"].startswith("/docs/assets/")
             or scope["method"] == "OPTIONS"  # CORS preflight carries no credentials
         ):
             await self.app(scope, receive, send)

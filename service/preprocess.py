@@ -41,11 +41,12 @@ class Geometry:
         sx, sy = self.scale
         px, py = self.pad
         out = np.empty_like(xyxy, dtype=np.float32)
-        out[:, [0, 2]] = (xyxy[:, [0, 2]] - px) / sx
-        out[:, [1, 3]] = (xyxy[:, [1, 3]] - py) / sy
+        out[:, 0::2] = (xyxy[:, 0::2] - px) / sx
+        out[:, 1::2] = (xyxy[:, 1::2] - py) / sy
         w, h = self.original
-        np.clip(out[:, [0, 2]], 0, w, out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0, h, out=out[:, [1, 3]])
+        # basic slices are views, so clip really writes into `out`
+        np.clip(out[:, 0::2], 0, w, out=out[:, 0::2])
+        np.clip(out[:, 1::2], 0, h, out=out[:, 1::2])
         return out
 
 
@@ -97,6 +98,8 @@ def resize(image: DecodedImage, spec: Preprocess) -> tuple[np.ndarray, Geometry]
         r = min(out_w / pw, out_h / ph)
         nw, nh = max(1, round(pw * r)), max(1, round(ph * r))
         left, top = (out_w - nw) // 2, (out_h - nh) // 2
+        if spec.pad_anchor == "top-left":
+            left, top = 0, 0
         canvas = np.full((out_h, out_w, 3), spec.pad_value, dtype=np.uint8)
         canvas[top : top + nh, left : left + nw] = np.asarray(pil.resize((nw, nh), resample))
         geometry = Geometry(

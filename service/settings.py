@@ -18,6 +18,17 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+# The default model set (scripts/build_models.py): a user's own model never silently takes over
+# a task's default just because its name sorts first.
+BUILT_IN_DEFAULTS = (
+    "mobilenet_v2-imagenet",
+    "yolov3-tiny-coco",
+    "shapes-maskrcnn-mobilenet_v2",
+    "yunet-2023mar",
+    "sface-2021dec",
+)
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Preprocessing and labels live in model cards, not here."""
 
@@ -40,9 +51,9 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(1, ge=1)
     warmup_runs: int = Field(2, ge=0, le=100)
     default_models: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Comma list of model names that are each task's default; "
-        "empty: the first card per task in name order.",
+        default_factory=lambda: list(BUILT_IN_DEFAULTS),
+        description="Comma list of model names preferred as their task's default; a task with "
+        "none of them installed takes its first card in name order.",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Longest a request may wait for its model (503 after)."

@@ -166,3 +166,39 @@ def test_client_request_id_is_echoed(classify_client):
     assert r.headers["x-request-id"] == "abc-123"
     r = classify_client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
     assert r.headers["x-request-id"] != "bad id\twith spaces"
+
+
+def test_metrics_count_requests_errors_and_batches(classify_client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    image = {"image": ("a.png", encode(noise_image(), "PNG"))}
+    for _ in range(3):
+        assert classify_client.post("/classify", files=image).status_code == 200
+    classify_client.post("/classify", files={"image": ("a.txt", b"text")})
+    classify_client.get("/no/such/path")
+    text = classify_client.get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("iis_requests_total", (("endpoint", "/classify"), ("status", "200")))] == 3
+    assert samples[("iis_requests_total", (("endpoint", "/classify"), ("status", "400")))] == 1
+    assert samples[("iis_requests_total", (("endpoint", "unmatched"), ("status", "404")))] == 1
+    assert samples[("iis_errors_total", (("code", "invalid_image"),))] == 1
+    assert samples[("iis_batch_size_count", (("model", "tiny-cls"),))] >= 3
+    assert samples[("iis_queue_depth", (("model", "tiny-cls"),))] == 0
+    info = [k for k in samples if k[0] == "iis_model_info"]
+    assert info == [("iis_model_info", (("model", "tiny-cls"), ("provider", "CPUExecutionProvider"),
+                                        ("task", "classify")))]
+
+
+def test_docs_work_offline(classify_client):
+    page = classify_client.get("/docs")
+    assert page.status_code == 200
+    assert "/docs/assets/swagger-ui-bundle.js" in page.text
+    assert "cdn" not in page.text.lower()
+    js = classify_client.get("/docs/assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+    assert classify_client.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert classify_client.get("/openapi.json").json()["paths"]["/classify"]["post"]

@@ -134,3 +134,12 @@ def test_top_k_is_per_row_for_a_batch():
     preds = postprocess(logits, 5, "softmax")
     for row, pred in zip(logits, preds, strict=True):
         assert pred.class_id.tolist() == np.argsort(-row)[:5].tolist()
+
+
+def test_geometry_clips_boxes_to_the_image():
+    spec = Preprocess(resize="letterbox", size=(100, 100))
+    _, (geometry,) = to_batch([decoded(noise_image(200, 100))], spec)
+    # a box spilling into the top padding and past the right edge
+    out = geometry.to_original(np.array([[-10.0, 0.0, 120.0, 60.0]], np.float32))[0]
+    assert out[0] == 0 and out[1] == 0 and out[2] == 200
+    assert 0 < out[3] < 100

@@ -136,3 +136,13 @@ print("ok")
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_built_in_defaults_win_over_a_user_model_that_sorts_first():
+    from types import SimpleNamespace as NS
+
+    from service.settings import Settings
+
+    preferred = Settings(_env_file=None).default_models  # type: ignore[call-arg]
+    cards = [NS(name="cats", task="classify"), NS(name="mobilenet_v2-imagenet", task="classify")]
+    assert pick_defaults(cards, preferred) == {"classify": "mobilenet_v2-imagenet"}  # type: ignore[arg-type]

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import onnxruntime as ort
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.routes.common import app_settings, get_registry
 from service.schemas import HealthResponse, ModelsResponse, ReadyResponse
@@ -48,4 +49,12 @@ async def list_models(request: Request) -> ModelsResponse:
             "max_upload_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_pixels,
         },
+    )
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: requests, latency, errors by code, batch sizes, queue depth."""
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )

@@ -1,0 +1,1 @@
+"""Mask R-CNN training and export helpers (torch only; the service never imports these)."""

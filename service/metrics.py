@@ -1,0 +1,130 @@
+"""Prometheus metrics, one registry per app (tests build many apps in one process).
+
+Names (all prefixed `iis_`):
+    requests_total{endpoint,status}          counter
+    request_duration_seconds{endpoint}       histogram, whole request inside the server
+    errors_total{code}                       counter, by the error body's `code`
+    batch_size{model}                        histogram, rows per ONNX Runtime run
+    inference_duration_seconds{model}        histogram, one session.run
+    queue_wait_seconds{model}                histogram, time a request waited for its batch
+    queue_depth{model}                       gauge, requests waiting now
+    model_load_seconds{model}, model_warmup_seconds{model}   gauges
+    model_info{model,task,provider}          gauge = 1, provider = the one really active
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from service.runtime import ModelRuntime
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "iis_requests", "HTTP requests answered", ["endpoint", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "iis_request_duration_seconds",
+            "Request time in the server",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter("iis_errors", "Error answers by code", ["code"], registry=r)
+        self.batch_size = Histogram(
+            "iis_batch_size",
+            "Rows per ONNX Runtime run",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "iis_inference_duration_seconds",
+            "One session.run",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "iis_queue_wait_seconds",
+            "Wait for a batch slot",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("iis_queue_depth", "Requests waiting", ["model"], registry=r)
+        self.load = Gauge("iis_model_load_seconds", "Session creation time", ["model"], registry=r)
+        self.warmup = Gauge("iis_model_warmup_seconds", "Warm-up time", ["model"], registry=r)
+        self.info = Gauge(
+            "iis_model_info",
+            "Loaded models and their active provider",
+            ["model", "task", "provider"],
+            registry=r,
+        )
+
+    def track_model(self, runtime: ModelRuntime) -> None:
+        name = runtime.name
+        self.load.labels(name).set(runtime.load_ms / 1000)
+        self.warmup.labels(name).set(runtime.warmup_ms / 1000)
+        self.info.labels(name, runtime.card.task, runtime.active_providers[0]).set(1)
+        self.queue_depth.labels(name).set_function(lambda: runtime.batcher.depth)
+        batch_size = self.batch_size.labels(name)
+        inference = self.inference.labels(name)
+        queue_wait = self.queue_wait.labels(name)
+
+        def observe(rows: int, run_s: float, waits_s: list[float]) -> None:
+            batch_size.observe(rows)
+            inference.observe(run_s)
+            for wait in waits_s:
+                queue_wait.observe(wait)
+
+        runtime.batcher.observer = observe
+
+
+def metrics_of(scope: Scope) -> Metrics | None:
+    app = scope.get("app")
+    state = getattr(app, "state", None)
+    return getattr(state, "metrics", None)
+
+
+class MetricsMiddleware:
+    """Counts every answer and times it, labelled by the route's path template (so random
+    404 paths do not create new series)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            metrics = metrics_of(scope)
+            if metrics is not None:
+                route = scope.get("route")
+                endpoint = getattr(route, "path", None) or "unmatched"
+                metrics.requests.labels(endpoint, str(status)).inc()
+                metrics.duration.labels(endpoint).observe(time.perf_counter() - started)

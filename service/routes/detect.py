@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Request, UploadFile
+
+from service.routes.common import app_settings, decode_upload, get_registry, needed_side
+from service.schemas import ERROR_RESPONSES, Detection, DetectResponse, ImageInfo
+from service.tasks.detect import DetectOptions, detect, resolve_classes
+from service.timing import Timing
+
+router = APIRouter(tags=["detect"])
+
+
+@router.post("/detect", response_model=DetectResponse, responses=ERROR_RESPONSES)
+async def detect_objects(
+    request: Request,
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF.")],
+    score_threshold: Annotated[
+        float, Query(ge=0.0, le=1.0, description="Drop detections scoring below this.")
+    ] = 0.25,
+    iou_threshold: Annotated[
+        float,
+        Query(
+            ge=0.0,
+            le=1.0,
+            description="NMS drops a box overlapping a better one of its class "
+            "by more than this IoU.",
+        ),
+    ] = 0.45,
+    max_detections: Annotated[
+        int, Query(ge=1, le=1000, description="Most detections returned, best first.")
+    ] = 100,
+    classes: Annotated[
+        list[str] | None,
+        Query(
+            max_length=1000,
+            description="Only these classes: label names or ids, repeated or comma-separated "
+            "(`classes=dog,cat` or `classes=16&classes=15`).",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, Query(max_length=64, description="Model name; default per /v1/models.")
+    ] = None,
+) -> DetectResponse:
+    """Objects in one image: labelled boxes in original pixels, best first."""
+    timing = Timing()
+    runtime = get_registry(request).get("detect", model)
+    labels = runtime.card.labels
+    options = DetectOptions(
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
+        classes=resolve_classes(classes, labels) if classes else None,
+    )
+    decoded = await decode_upload(
+        image, app_settings(request), timing, min_side=needed_side(runtime.card)
+    )
+    result = await detect(runtime, decoded, options, timing)
+    found = result.detections
+    detections = [
+        Detection(
+            label=labels[c] if c < len(labels) else str(c),
+            class_id=int(c),
+            score=round(float(s), 5),
+            box=[round(float(v), 2) for v in box],
+        )
+        for box, c, s in zip(found.xyxy, found.class_id, found.score, strict=True)
+    ]
+    return DetectResponse(
+        model=runtime.name,
+        detections=detections,
+        image=ImageInfo(width=decoded.width, height=decoded.height),
+        timing_ms=timing.report(),
+    )

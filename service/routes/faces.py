@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, File, Query, Request, UploadFile
+
+from service.routes.common import app_settings, decode_upload, get_registry, needed_side
+from service.schemas import (
+    ERROR_RESPONSES,
+    DetectedFace,
+    EmbeddedFace,
+    FaceEmbedResponse,
+    FacePair,
+    ImageInfo,
+    VerifyFacesResponse,
+)
+from service.tasks.faces import Faces, detect_faces, embed_faces, verify
+from service.timing import Timing
+
+router = APIRouter(tags=["faces"])
+
+ModelName = Annotated[
+    str | None, Query(max_length=64, description="Embedding model; default per /v1/models.")
+]
+DetectorName = Annotated[
+    str | None, Query(max_length=64, description="Face detector; default per /v1/models.")
+]
+
+
+def _face(faces: Faces, i: int) -> DetectedFace:
+    return DetectedFace(
+        box=[round(float(v), 2) for v in faces.xyxy[i]],
+        score=round(float(faces.score[i]), 4),
+        landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in faces.landmarks[i]],
+    )
+
+
+@router.post(
+    "/verify-faces",
+    response_model=VerifyFacesResponse,
+    responses={
+        **ERROR_RESPONSES,
+        422: {**ERROR_RESPONSES[422], "description": "Bad parameter, or no face (`no_face`)."},
+    },
+)
+async def verify_faces(
+    request: Request,
+    image_a: Annotated[UploadFile, File(description="First photo.")],
+    image_b: Annotated[UploadFile, File(description="Second photo.")],
+    threshold: Annotated[
+        float | None, Query(description="Override the card's threshold (units of `metric`).")
+    ] = None,
+    metric: Annotated[Literal["cosine", "euclidean"] | None, Query()] = None,
+    model: ModelName = None,
+    detector: DetectorName = None,
+) -> VerifyFacesResponse:
+    """Do the largest faces of two photos belong to the same person?"""
+    timing = Timing()
+    registry = get_registry(request)
+    embedder = registry.get("face-embed", model)
+    finder = registry.get("face-detect", detector)
+    settings = app_settings(request)
+    side = needed_side(finder.card)
+    decoded = await asyncio.gather(
+        decode_upload(image_a, settings, timing, min_side=side),
+        decode_upload(image_b, settings, timing, min_side=side),
+    )
+    a, b = decoded
+    result = await verify(finder, embedder, (a, b), timing, metric, threshold)
+    return VerifyFacesResponse(
+        verified=result.verified,
+        distance=round(result.distance, 6),
+        similarity=round(result.similarity, 6),
+        threshold=result.threshold,
+        metric=result.metric,
+        model=embedder.name,
+        detector=finder.name,
+        faces=FacePair(a=_face(result.faces[0], 0), b=_face(result.faces[1], 0)),
+        faces_found={"a": result.found[0], "b": result.found[1]},
+        images={
+            "a": ImageInfo(width=a.width, height=a.height),
+            "b": ImageInfo(width=b.width, height=b.height),
+        },
+        timing_ms=timing.report(),
+    )
+
+
+@router.post("/faces/embed", response_model=FaceEmbedResponse, responses=ERROR_RESPONSES)
+async def embed(
+    request: Request,
+    image: Annotated[UploadFile, File(description="A photo; every face in it is embedded.")],
+    score_threshold: Annotated[
+        float | None, Query(ge=0.0, le=1.0, description="Detector score; default from its card.")
+    ] = None,
+    max_faces: Annotated[int, Query(ge=1, le=100)] = 20,
+    model: ModelName = None,
+    detector: DetectorName = None,
+) -> FaceEmbedResponse:
+    """Every face in one photo with its box, landmarks and L2-normalised embedding."""
+    timing = Timing()
+    registry = get_registry(request)
+    embedder = registry.get("face-embed", model)
+    finder = registry.get("face-detect", detector)
+    decoded = await decode_upload(
+        image, app_settings(request), timing, min_side=needed_side(finder.card)
+    )
+    faces = await detect_faces(finder, decoded, timing, score_threshold)
+    faces = faces.take(np.arange(min(len(faces), max_faces)))
+    vectors = (
+        await embed_faces(embedder, [decoded], [faces], timing)
+        if len(faces)
+        else np.zeros((0, 0), np.float32)
+    )
+    return FaceEmbedResponse(
+        model=embedder.name,
+        detector=finder.name,
+        faces=[
+            EmbeddedFace(
+                **_face(faces, i).model_dump(), embedding=[round(float(v), 6) for v in vectors[i]]
+            )
+            for i in range(len(faces))
+        ],
+        image=ImageInfo(width=decoded.width, height=decoded.height),
+        timing_ms=timing.report(),
+    )

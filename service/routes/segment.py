@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Request, UploadFile
+
+from service.routes.common import app_settings, decode_upload, get_registry
+from service.schemas import (
+    ERROR_RESPONSES,
+    ImageInfo,
+    SegmentInstance,
+    SegmentMask,
+    SegmentResponse,
+)
+from service.tasks.detect import resolve_classes
+from service.tasks.segment import GraphResize, MaskFormat, SegmentOptions, segment
+from service.timing import Timing
+
+router = APIRouter(tags=["segment"])
+
+
+@router.post(
+    "/segment",
+    response_model=SegmentResponse,
+    response_model_exclude_none=True,
+    responses=ERROR_RESPONSES,
+)
+async def segment_instances(
+    request: Request,
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF.")],
+    score_threshold: Annotated[
+        float, Query(ge=0.0, le=1.0, description="Drop instances scoring below this.")
+    ] = 0.25,
+    iou_threshold: Annotated[
+        float,
+        Query(
+            ge=0.0,
+            le=1.0,
+            description="NMS drops a box overlapping a better one of its class "
+            "by more than this IoU.",
+        ),
+    ] = 0.45,
+    max_detections: Annotated[
+        int, Query(ge=1, le=1000, description="Most instances returned, best first.")
+    ] = 100,
+    classes: Annotated[
+        list[str] | None,
+        Query(
+            max_length=1000,
+            description="Only these classes: label names or ids, repeated or comma-separated.",
+        ),
+    ] = None,
+    mask_threshold: Annotated[
+        float,
+        Query(gt=0.0, lt=1.0, description="A pixel is in the mask when its probability is above."),
+    ] = 0.5,
+    mask_format: Annotated[
+        MaskFormat,
+        Query(description="rle: COCO compressed RLE; polygon: COCO polygons; png: 1-bit PNG."),
+    ] = "rle",
+    model: Annotated[
+        str | None, Query(max_length=64, description="Model name; default per /v1/models.")
+    ] = None,
+) -> SegmentResponse:
+    """Object instances in one image: labelled boxes and masks in original pixels, best first."""
+    timing = Timing()
+    runtime = get_registry(request).get("segment", model)
+    labels = runtime.card.labels
+    options = SegmentOptions(
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
+        classes=resolve_classes(classes, labels) if classes else None,
+        mask_threshold=mask_threshold,
+    )
+    decoded = await decode_upload(
+        image,
+        app_settings(request),
+        timing,
+        min_side=GraphResize.of(runtime.card).min_size,
+    )
+    result = await segment(runtime, decoded, options, mask_format, timing)
+    found = result.instances
+    instances = [
+        SegmentInstance(
+            label=labels[c] if c < len(labels) else str(c),
+            class_id=int(c),
+            score=round(float(s), 5),
+            box=[round(float(v), 2) for v in box],
+            area=mask.area,
+            mask=SegmentMask.model_validate(encoded),
+        )
+        for box, c, s, mask, encoded in zip(
+            found.xyxy, found.class_id, found.score, found.masks, result.encoded, strict=True
+        )
+    ]
+    return SegmentResponse(
+        model=runtime.name,
+        instances=instances,
+        image=ImageInfo(width=decoded.width, height=decoded.height),
+        timing_ms=timing.report(),
+    )

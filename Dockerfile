@@ -25,7 +25,8 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 RUN pip install . && useradd --create-home --uid 10001 app
 COPY --from=models --chown=root:root /models /app/models
-# Runs as non-root; nothing is written at run time, so `--read-only` works.
+# Runs as non-root. Only /tmp is written (uploads over 1 MB are spooled there), so
+# `docker run --read-only --tmpfs /tmp ...` works.
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \

@@ -6,6 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
+# The playground tests drive a real headless Chromium (Debian's chromium + chromium-driver).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing chromium and chromium-driver (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "tests need Chromium: sudo apt-get install chromium chromium-driver" >&2
+    exit 2
+  fi
+fi
+
 [ -x .venv-train/bin/python ] || "$PY" -m venv .venv-train
 .venv-train/bin/python -m pip install --quiet --upgrade pip
 .venv-train/bin/python -m pip install --quiet -e ".[export,dev]"
@@ -15,5 +27,7 @@ echo "==> ruff"
 .venv-train/bin/ruff check .
 echo "==> mypy service"
 .venv-train/bin/mypy service
+echo "==> hadolint (Dockerfile, deploy/Dockerfile.cuda)"
+PATH="$PWD/.venv-train/bin:$PATH" scripts/lint_docker.sh
 echo "==> pytest"
 .venv-train/bin/python -m pytest "$@"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import uvicorn
 
 from service.logging_config import log_config
+from service.memory import limit_malloc_arenas
 from service.settings import get_settings
 
 
 def main() -> None:
+    limit_malloc_arenas()  # before uvicorn starts any thread
     settings = get_settings()
     uvicorn.run(
         "service.app:create_app",

@@ -162,6 +162,14 @@ def _dummy_input(card: ModelCard, session: Any, batch: int) -> np.ndarray:
     return np.zeros(shape, dtype=np.float32)
 
 
+def _has_dynamic_image_size(card: ModelCard) -> bool:
+    """True when an input dimension other than the batch axis is symbolic."""
+    for spec in card.inputs:
+        if any(isinstance(d, str) for d in spec.shape[1:]):
+            return True
+    return False
+
+
 def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
     """Create the session with explicit providers and check which ones actually started."""
     card = loaded.card
@@ -177,6 +185,9 @@ def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # provider fall-back is reported once, below, by us
+    # ORT's CPU arena keeps the largest block each input shape ever needed; a model whose
+    # image size varies per request (Mask R-CNN) would grow it without bound.
+    options.enable_cpu_mem_arena = not _has_dynamic_image_size(card)
     cache_dir = loaded.onnx_path.parent / ".trt-cache"
     started = time.perf_counter()
     session = ort.InferenceSession(

@@ -2,9 +2,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 
-from service.routes.common import app_settings, decode_upload, get_registry, needed_side
+from service.routes.common import (
+    ImageUpload,
+    ModelName,
+    app_settings,
+    decode_upload,
+    get_registry,
+    needed_side,
+)
 from service.schemas import ERROR_RESPONSES, ClassifyResponse, ClassPrediction, ImageInfo
 from service.tasks.classify import classify
 from service.timing import Timing
@@ -15,11 +22,9 @@ router = APIRouter(tags=["classify"])
 @router.post("/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES)
 async def classify_image(
     request: Request,
-    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF.")],
+    image: ImageUpload,
     top_k: Annotated[int, Query(ge=1, le=100, description="How many classes to return.")] = 5,
-    model: Annotated[
-        str | None, Query(max_length=64, description="Model name; default per /v1/models.")
-    ] = None,
+    model: ModelName = None,
 ) -> ClassifyResponse:
     """Top-k classes for one image."""
     timing = Timing()

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
-from fastapi import Request, UploadFile
+from typing import Annotated
+
+from fastapi import File, Query, Request, UploadFile
 
 from service.cards import ModelCard
 from service.images import DecodedImage, decode
 from service.runtime import ModelRegistry
 from service.settings import Settings
 from service.timing import Timing, in_thread
+
+# Parameters several routes share, declared once so their limits and docs cannot drift apart.
+ImageUpload = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF.")]
+ModelName = Annotated[
+    str | None, Query(max_length=64, description="Model name; default per /v1/models.")
+]
+IouThreshold = Annotated[
+    float,
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="NMS drops a box overlapping a better one of its class by more than this IoU.",
+    ),
+]
+ClassFilter = Annotated[
+    list[str] | None,
+    Query(
+        max_length=1000,
+        description="Only these classes: label names or ids, repeated or comma-separated "
+        "(`classes=dog,cat` or `classes=16&classes=15`).",
+    ),
+]
 
 
 def get_registry(request: Request) -> ModelRegistry:

@@ -2,9 +2,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 
-from service.routes.common import app_settings, decode_upload, get_registry, needed_side
+from service.routes.common import (
+    ClassFilter,
+    ImageUpload,
+    IouThreshold,
+    ModelName,
+    app_settings,
+    decode_upload,
+    get_registry,
+    needed_side,
+)
 from service.schemas import ERROR_RESPONSES, Detection, DetectResponse, ImageInfo
 from service.tasks.detect import DetectOptions, detect, resolve_classes
 from service.timing import Timing
@@ -15,33 +24,16 @@ router = APIRouter(tags=["detect"])
 @router.post("/detect", response_model=DetectResponse, responses=ERROR_RESPONSES)
 async def detect_objects(
     request: Request,
-    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF.")],
+    image: ImageUpload,
     score_threshold: Annotated[
         float, Query(ge=0.0, le=1.0, description="Drop detections scoring below this.")
     ] = 0.25,
-    iou_threshold: Annotated[
-        float,
-        Query(
-            ge=0.0,
-            le=1.0,
-            description="NMS drops a box overlapping a better one of its class "
-            "by more than this IoU.",
-        ),
-    ] = 0.45,
+    iou_threshold: IouThreshold = 0.45,
     max_detections: Annotated[
         int, Query(ge=1, le=1000, description="Most detections returned, best first.")
     ] = 100,
-    classes: Annotated[
-        list[str] | None,
-        Query(
-            max_length=1000,
-            description="Only these classes: label names or ids, repeated or comma-separated "
-            "(`classes=dog,cat` or `classes=16&classes=15`).",
-        ),
-    ] = None,
-    model: Annotated[
-        str | None, Query(max_length=64, description="Model name; default per /v1/models.")
-    ] = None,
+    classes: ClassFilter = None,
+    model: ModelName = None,
 ) -> DetectResponse:
     """Objects in one image: labelled boxes in original pixels, best first."""
     timing = Timing()

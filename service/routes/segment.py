@@ -2,9 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 
-from service.routes.common import app_settings, decode_upload, get_registry
+from service.routes.common import (
+    ClassFilter,
+    ImageUpload,
+    IouThreshold,
+    ModelName,
+    app_settings,
+    decode_upload,
+    get_registry,
+)
 from service.schemas import (
     ERROR_RESPONSES,
     ImageInfo,
@@ -27,29 +35,15 @@ router = APIRouter(tags=["segment"])
 )
 async def segment_instances(
     request: Request,
-    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF.")],
+    image: ImageUpload,
     score_threshold: Annotated[
         float, Query(ge=0.0, le=1.0, description="Drop instances scoring below this.")
     ] = 0.25,
-    iou_threshold: Annotated[
-        float,
-        Query(
-            ge=0.0,
-            le=1.0,
-            description="NMS drops a box overlapping a better one of its class "
-            "by more than this IoU.",
-        ),
-    ] = 0.45,
+    iou_threshold: IouThreshold = 0.45,
     max_detections: Annotated[
         int, Query(ge=1, le=1000, description="Most instances returned, best first.")
     ] = 100,
-    classes: Annotated[
-        list[str] | None,
-        Query(
-            max_length=1000,
-            description="Only these classes: label names or ids, repeated or comma-separated.",
-        ),
-    ] = None,
+    classes: ClassFilter = None,
     mask_threshold: Annotated[
         float,
         Query(gt=0.0, lt=1.0, description="A pixel is in the mask when its probability is above."),
@@ -58,9 +52,7 @@ async def segment_instances(
         MaskFormat,
         Query(description="rle: COCO compressed RLE; polygon: COCO polygons; png: 1-bit PNG."),
     ] = "rle",
-    model: Annotated[
-        str | None, Query(max_length=64, description="Model name; default per /v1/models.")
-    ] = None,
+    model: ModelName = None,
 ) -> SegmentResponse:
     """Object instances in one image: labelled boxes and masks in original pixels, best first."""
     timing = Timing()

@@ -3,6 +3,9 @@
 Names (all prefixed `iis_`):
     requests_total{endpoint,status}          counter
     request_duration_seconds{endpoint}       histogram, whole request inside the server
+    stage_duration_seconds{endpoint,stage}   histogram, each `timing_ms` step (decode,
+                                             preprocess, queue, inference, postprocess, ...)
+                                             of every successful request
     errors_total{code}                       counter, by the error body's `code`
     batch_size{model}                        histogram, rows per ONNX Runtime run
     inference_duration_seconds{model}        histogram, one session.run
@@ -24,7 +27,11 @@ if TYPE_CHECKING:
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.timing import collect_reports
+
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# Stages go down to a fraction of a millisecond (postprocess of a top-k).
+_STAGE_BUCKETS = (0.0001, 0.0005, 0.001, *_LATENCY_BUCKETS)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 
 
@@ -40,6 +47,13 @@ class Metrics:
             "Request time in the server",
             ["endpoint"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stages = Histogram(
+            "iis_stage_duration_seconds",
+            "One step of a successful request, as in its timing_ms",
+            ["endpoint", "stage"],
+            buckets=_STAGE_BUCKETS,
             registry=r,
         )
         self.errors = Counter("iis_errors", "Error answers by code", ["code"], registry=r)
@@ -74,6 +88,10 @@ class Metrics:
             registry=r,
         )
 
+    def observe_stages(self, endpoint: str, steps_ms: dict[str, float]) -> None:
+        for stage, ms in steps_ms.items():
+            self.stages.labels(endpoint, stage).observe(ms / 1000)
+
     def track_model(self, runtime: ModelRuntime) -> None:
         name = runtime.name
         self.load.labels(name).set(runtime.load_ms / 1000)
@@ -101,7 +119,8 @@ def metrics_of(scope: Scope) -> Metrics | None:
 
 class MetricsMiddleware:
     """Counts every answer and times it, labelled by the route's path template (so random
-    404 paths do not create new series)."""
+    404 paths do not create new series); a successful answer's `timing_ms` steps feed the
+    stage histogram."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -119,12 +138,16 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            metrics = metrics_of(scope)
-            if metrics is not None:
-                route = scope.get("route")
-                endpoint = getattr(route, "path", None) or "unmatched"
-                metrics.requests.labels(endpoint, str(status)).inc()
-                metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+        with collect_reports() as reports:
+            try:
+                await self.app(scope, receive, recording_send)
+            finally:
+                metrics = metrics_of(scope)
+                if metrics is not None:
+                    route = scope.get("route")
+                    endpoint = getattr(route, "path", None) or "unmatched"
+                    metrics.requests.labels(endpoint, str(status)).inc()
+                    metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+                    if status < 400:
+                        for steps in reports:
+                            metrics.observe_stages(endpoint, steps)

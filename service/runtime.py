@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
 
-from service.batching import BatchResult, MicroBatcher
+from service.batching import BatchResult, MicroBatcher, RunFn
 from service.cards import LoadedCard, ModelCard
 from service.errors import ModelNotFound, ModelUnavailable
 from service.settings import Settings
@@ -25,6 +25,9 @@ log = logging.getLogger("service.runtime")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (CUDA, TENSORRT)
+
+RunStrategy = Literal["iobinding", "run"]
 
 
 def _library_loads(*names: str) -> bool:
@@ -71,16 +74,91 @@ def choose_providers(
     return [p for p in wanted if p in available] + [CPU]
 
 
-def provider_options(provider: str, settings: Settings, cache_dir: Path) -> dict[str, Any]:
+def on_gpu(active_providers: Sequence[str]) -> bool:
+    return bool(active_providers) and active_providers[0] in GPU_PROVIDERS
+
+
+def trt_profile(card: ModelCard, max_batch: int) -> dict[str, str]:
+    """TensorRT optimisation profile covering batch 1..max_batch at the card's fixed image size,
+    so one engine serves every batch the batcher forms (without one, TensorRT builds an engine
+    per new shape, mid-request). Empty when there is nothing to profile: a fixed batch axis, or
+    an image size that varies per request (Mask R-CNN), which TensorRT must handle by itself.
+
+    -> {"trt_profile_min_shapes": "input:1x3x224x224", "..._opt_shapes": ..., "..._max_shapes":}
+    """
+    if len(card.inputs) != 1:  # the service feeds one input only
+        return {}
+    spec = card.inputs[0]
+    if not spec.shape or isinstance(spec.shape[0], int):
+        return {}
+    dims = list(spec.shape[1:])
+    size = card.preprocess.size
+    if size is not None and card.preprocess.resize != "none-in-graph" and len(dims) == 3:
+        # Exported with symbolic H/W but always fed at the card's size.
+        h_axis = 1 if card.preprocess.layout == "NCHW" else 0
+        dims[h_axis], dims[h_axis + 1] = size
+    if not all(isinstance(d, int) and d > 0 for d in dims):
+        return {}
+    rest = "x".join(str(d) for d in dims)
+
+    def shape(batch: int) -> str:
+        return f"{spec.name}:{batch}x{rest}"
+
+    # opt = max_batch: under load the batcher fills batches, and that is when speed counts.
+    return {
+        "trt_profile_min_shapes": shape(1),
+        "trt_profile_opt_shapes": shape(max_batch),
+        "trt_profile_max_shapes": shape(max_batch),
+    }
+
+
+def provider_options(
+    provider: str, settings: Settings, cache_dir: Path, profile: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Options for one execution provider. `profile` comes from `trt_profile`."""
     if provider == TENSORRT:
+        # ORT's docs ask for the engine cache to be cleared when the precision or the profiles
+        # change; a folder per combination does that without deleting anything.
+        folder = "fp16" if settings.trt_fp16 else "fp32"
+        if profile:
+            folder += f"-b{settings.max_batch}"
         return {
+            "device_id": settings.device_id,
             "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache_dir),
-            "trt_fp16_enable": False,
+            "trt_engine_cache_path": str(cache_dir / folder),
+            "trt_fp16_enable": settings.trt_fp16,
+            **(profile or {}),
         }
     if provider == CUDA:
-        return {"cudnn_conv_algo_search": "HEURISTIC"}
+        return {
+            "device_id": settings.device_id,
+            "cudnn_conv_algo_search": settings.cudnn_conv_algo_search,
+        }
     return {}
+
+
+def run_strategy(active_providers: Sequence[str], settings: Settings) -> RunStrategy:
+    """How the batcher calls the session. On a GPU, IO binding copies the input to the device
+    once and leaves the outputs in device memory until one copy back, instead of letting `run`
+    stage both through host buffers per call; on the CPU there is no copy to save."""
+    if settings.io_binding == "off":
+        return "run"
+    if settings.io_binding == "on" or on_gpu(active_providers):
+        return "iobinding"
+    return "run"
+
+
+def warmup_batch_sizes(active_providers: Sequence[str], max_batch: int) -> list[int]:
+    """Batch sizes to warm up. cuDNN and TensorRT pick kernels per input shape, so on a GPU the
+    powers of two below max_batch are run as well; on the CPU the smallest and largest batch
+    are enough to size ORT's memory arena."""
+    sizes = {1, max_batch}
+    if on_gpu(active_providers):
+        batch = 2
+        while batch < max_batch:
+            sizes.add(batch)
+            batch *= 2
+    return sorted(sizes)
 
 
 @dataclass
@@ -95,6 +173,9 @@ class ModelRuntime:
     output_names: list[str]
     max_batch: int
     batcher: MicroBatcher
+    runner: RunFn
+    io_binding: bool = False
+    trt_fp16: bool = False
     timeout_s: float | None = None
     load_ms: float = 0.0
     warmup_ms: float = 0.0
@@ -109,8 +190,8 @@ class ModelRuntime:
         return self.requested_providers[0] != self.active_providers[0]
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
-        """Synchronous run on a (N, ...) batch; used by the batcher's thread and warm-up."""
-        return _run_session(self.session, self.input_name, self.output_names, tensor)
+        """Synchronous run on a (N, ...) batch: what the batcher's thread runs; warm-up too."""
+        return list(self.runner(tensor))
 
     async def infer(self, tensor: np.ndarray) -> BatchResult:
         """Queue (n, ...) rows for the next batch and wait for their outputs."""
@@ -121,14 +202,18 @@ class ModelRuntime:
         return await self.batcher.submit(tensor, self.timeout_s)
 
     def describe(self) -> dict[str, Any]:
+        providers: dict[str, Any] = {
+            "requested": self.requested_providers,
+            "active": self.active_providers,
+            "fell_back_to_cpu": self.fell_back,
+            "io_binding": self.io_binding,
+        }
+        if TENSORRT in self.active_providers:
+            providers["trt_fp16"] = self.trt_fp16
         return {
             "card": self.card.model_dump(mode="json"),
             "ready": self.ready,
-            "providers": {
-                "requested": self.requested_providers,
-                "active": self.active_providers,
-                "fell_back_to_cpu": self.fell_back,
-            },
+            "providers": providers,
             "batching": {
                 "max_batch": self.max_batch,
                 "max_wait_ms": self.batcher.max_wait * 1000,
@@ -145,6 +230,42 @@ def _run_session(
     session: Any, input_name: str, output_names: list[str], tensor: np.ndarray
 ) -> list[np.ndarray]:
     return list(session.run(output_names, {input_name: tensor}))
+
+
+def run_with_io_binding(
+    session: Any,
+    input_name: str,
+    output_names: list[str],
+    device: str,
+    device_id: int,
+    tensor: np.ndarray,
+) -> list[np.ndarray]:
+    """tensor: (N, ...) on the host -> outputs (N, ...) on the host, with the input copied to
+    `device` ("cuda" or "cpu") once and the outputs left where the provider produced them
+    until the single copy back."""
+    binding = session.io_binding()
+    value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(tensor), device, device_id)
+    binding.bind_ortvalue_input(input_name, value)
+    for name in output_names:
+        binding.bind_output(name, device, device_id)
+    session.run_with_iobinding(binding)
+    return list(binding.copy_outputs_to_cpu())
+
+
+def make_runner(
+    session: Any,
+    input_name: str,
+    output_names: list[str],
+    strategy: RunStrategy,
+    active_providers: Sequence[str],
+    device_id: int,
+) -> RunFn:
+    """The batcher's run function for `strategy`; IO binding binds to the GPU when one is
+    active, else to host memory (same code path, useful to test on a CPU machine)."""
+    if strategy == "run":
+        return partial(_run_session, session, input_name, output_names)
+    device, index = ("cuda", device_id) if on_gpu(active_providers) else ("cpu", 0)
+    return partial(run_with_io_binding, session, input_name, output_names, device, index)
 
 
 def _dummy_input(card: ModelCard, session: Any, batch: int) -> np.ndarray:
@@ -189,11 +310,12 @@ def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
     # image size varies per request (Mask R-CNN) would grow it without bound.
     options.enable_cpu_mem_arena = not _has_dynamic_image_size(card)
     cache_dir = loaded.onnx_path.parent / ".trt-cache"
+    profile = trt_profile(card, settings.max_batch)
     started = time.perf_counter()
     session = ort.InferenceSession(
         str(loaded.onnx_path),
         sess_options=options,
-        providers=[(p, provider_options(p, settings, cache_dir)) for p in requested],
+        providers=[(p, provider_options(p, settings, cache_dir, profile)) for p in requested],
     )
     active = list(session.get_providers())
     if requested[0] != CPU and active[0] != requested[0]:
@@ -212,8 +334,10 @@ def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
     max_batch = settings.max_batch if batchable else 1
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
+    strategy = run_strategy(active, settings)
+    runner = make_runner(session, input_name, output_names, strategy, active, settings.device_id)
     batcher = MicroBatcher(
-        partial(_run_session, session, input_name, output_names),
+        runner,
         name=card.name,
         max_batch=max_batch,
         max_wait_ms=settings.max_wait_ms,
@@ -228,6 +352,9 @@ def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
         output_names=output_names,
         max_batch=max_batch,
         batcher=batcher,
+        runner=runner,
+        io_binding=strategy == "iobinding",
+        trt_fp16=settings.trt_fp16,
         timeout_s=settings.request_timeout_s,
         load_ms=(time.perf_counter() - started) * 1000,
     )
@@ -236,7 +363,7 @@ def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
 def warm_up(runtime: ModelRuntime, runs: int) -> None:
     """Run the batch sizes the batcher will use so the first client pays no allocation cost."""
     started = time.perf_counter()
-    sizes = sorted({1, runtime.max_batch})
+    sizes = warmup_batch_sizes(runtime.active_providers, runtime.max_batch)
     for _ in range(runs):
         for batch in sizes:
             runtime.run(_dummy_input(runtime.card, runtime.session, batch))

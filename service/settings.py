@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         "auto", description="auto: TensorRT > CUDA > CPU, whichever really starts."
     )
+    device_id: int = Field(0, ge=0, description="GPU index for CUDA and TensorRT.")
+    io_binding: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Run through ORT IO binding; auto: on when CUDA or TensorRT is active.",
+    )
+    trt_fp16: bool = Field(False, description="Let TensorRT build FP16 engines.")
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
+        "HEURISTIC", description="How the CUDA provider picks cuDNN convolution kernels."
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Per request body.")
     max_pixels: int = Field(40_000_000, gt=0, description="width x height, checked from header.")
     max_batch: int = Field(8, ge=1, le=256, description="Micro-batch size per model.")

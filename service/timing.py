@@ -1,15 +1,36 @@
-"""Per-request timing breakdown, reported in responses as `timing_ms`."""
+"""Per-request timing breakdown, reported in responses as `timing_ms`.
+
+Every `Timing.report()` made while `collect_reports()` is open (the metrics middleware opens
+one per request) is also handed to it, so the routes feed the stage metrics without knowing
+about them.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import anyio.to_thread
 
 T = TypeVar("T")
+
+# The steps (ms) of each report made in the current request; None outside a request.
+_reports: ContextVar[list[dict[str, float]] | None] = ContextVar("timing_reports", default=None)
+
+
+@contextmanager
+def collect_reports() -> Iterator[list[dict[str, float]]]:
+    """Gather the steps of every `Timing.report()` made inside this block (same task or the
+    tasks it starts)."""
+    reports: list[dict[str, float]] = []
+    token = _reports.set(reports)
+    try:
+        yield reports
+    finally:
+        _reports.reset(token)
 
 
 class Timing:
@@ -29,6 +50,10 @@ class Timing:
             self.add(name, (time.perf_counter() - started) * 1000)
 
     def report(self) -> dict[str, float]:
+        """The steps and the total so far, in ms: what the response shows."""
+        sink = _reports.get()
+        if sink is not None:
+            sink.append(dict(self.steps))
         out = {k: round(v, 3) for k, v in self.steps.items()}
         out["total"] = round((time.perf_counter() - self._start) * 1000, 3)
         return out

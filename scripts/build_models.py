@@ -392,6 +392,18 @@ TEST_DATA: list[PackagedFile | DebFile] = [
             ("biden.jpg", "3c17508bb91554c6"),
         )
     ),
+    # ELPV solar cells (CC BY-NC-SA 4.0, never committed) from the test split of
+    # scripts/build_elpv.py: cell0001 defective (p=1), cell0009 functional (p=0). Fetching them
+    # leaves the dataset's wheel in CACHE/packages, which tests/test_elpv_real.py trains on.
+    *(
+        PackagedFile("elpv-dataset==1.0.0.post1", f"elpv_dataset/data/images/{name}", digest)
+        for name, digest in (
+            ("cell0001.png", "d03d6dd9ff2b2860"),
+            ("cell0009.png", "64359b1482814562"),
+        )
+    ),
+    # The Keras VGG16 ImageNet conv base: tests/test_vgg16_keras.py checks our torch copy of it.
+    VGG16_KERAS_ONNX,
 ]
 
 

@@ -218,9 +218,10 @@ def test_torchvision_cache_is_used_only_when_present(
     assert torch.equal(got.state_dict["7.1.bn2.running_var"], full["layer4.1.bn2.running_var"])
 
 
-def test_registry_has_no_vgg16_yet_and_says_so() -> None:
-    with pytest.raises(ValueError, match="no registry package ships vgg16"):
-        weights.resolve("vgg16", "registry")
+def test_registry_names_the_archs_it_ships_when_one_is_missing() -> None:
+    assert set(weights.REGISTRY) == {"mobilenet_v2", "vgg16"}
+    with pytest.raises(ValueError, match=r"ships resnet50 .*registry has: mobilenet_v2, vgg16"):
+        weights.resolve("resnet50", "registry")
 
 
 def test_metrics_per_class_precision_recall() -> None:

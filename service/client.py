@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import inspect
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, get_args
 
 import httpx2
 from pydantic import BaseModel
@@ -43,7 +44,11 @@ ImageSource = str | os.PathLike[str] | bytes | IO[bytes]
 """A file path, the encoded image bytes, or a binary file object."""
 
 Answer = TypeVar("Answer", bound=BaseModel)
+Sent = TypeVar("Sent")  # what the transport's request() returns: a Response, or its awaitable
+Method = TypeVar("Method", bound=Callable[..., Any])
+P = ParamSpec("P")
 RETRIED_STATUSES = frozenset({429, 503})
+RETRIED_ERRORS: tuple[type[Exception], ...] = (httpx2.ConnectError, httpx2.ConnectTimeout)
 
 
 class ApiError(Exception):
@@ -110,6 +115,20 @@ class RetryPolicy:
         wait = retry_after if retry_after is not None else self.backoff_s * 2**attempt
         return min(max(wait, 0.0), self.max_wait_s)
 
+    def wait(self, attempt: int, outcome: httpx2.Response | Exception) -> float | None:
+        """Seconds to sleep before trying again after attempt `attempt` (from 0) ended in
+        `outcome`; None when that outcome is final (returned or raised as it is)."""
+        if attempt >= self.retries:
+            return None
+        if isinstance(outcome, Exception):
+            return self.delay(attempt, None) if isinstance(outcome, RETRIED_ERRORS) else None
+        if outcome.status_code not in RETRIED_STATUSES:
+            return None
+        return self.delay(attempt, retry_after_seconds(outcome.headers.get("retry-after")))
+
+
+NO_RETRY = RetryPolicy(retries=0)
+
 
 @dataclass(frozen=True)
 class Call:
@@ -119,6 +138,38 @@ class Call:
     path: str
     params: tuple[tuple[str, str], ...] = ()
     files: dict[str, tuple[str, bytes]] | None = None
+
+    def via(self, request: Callable[..., Sent], api_key: str | None) -> Sent:
+        """Hand the call to `httpx2.Client.request` or `httpx2.AsyncClient.request`."""
+        headers = {"X-API-Key": api_key} if api_key else {}
+        return request(
+            self.method, self.path, params=self.params, files=self.files, headers=headers
+        )
+
+
+@dataclass(frozen=True)
+class Request(Generic[Answer]):
+    """A Call and how to read its response: the model it parses into. A `probe` is sent once
+    and any status is an answer (/readyz: 503 means still loading, not an error)."""
+
+    call: Call
+    answer: type[Answer]
+    probe: bool = False
+
+    def retry(self, policy: RetryPolicy) -> RetryPolicy:
+        return NO_RETRY if self.probe else policy
+
+    def parse(self, response: httpx2.Response) -> Answer:
+        if response.status_code >= 400 and not self.probe:
+            raise ApiError.from_response(response)
+        return self.answer.model_validate_json(response.content)
+
+
+def _final(outcome: httpx2.Response | Exception) -> httpx2.Response:
+    """The last attempt's response, or its error raised."""
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def read_image(image: ImageSource, default_name: str = "image") -> tuple[str, bytes]:
@@ -145,41 +196,125 @@ def _params(**values: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-class Calls:
-    """Request builders for every endpoint (shared by Client and AsyncClient)."""
+def _post(path: str, answer: type[Answer], image: ImageSource, **options: Any) -> Request[Answer]:
+    return Request(Call("POST", path, _params(**options), {"image": read_image(image)}), answer)
+
+
+class Endpoints:
+    """Every endpoint once: its signature, the request it sends, the model it answers with.
+    `Client` and `AsyncClient` turn each into a method that sends and parses."""
 
     @staticmethod
-    def classify(image: ImageSource, top_k: int | None, model: str | None) -> Call:
-        return Call(
-            "POST", "/classify", _params(top_k=top_k, model=model), {"image": read_image(image)}
-        )
+    def classify(
+        image: ImageSource, *, top_k: int | None = None, model: str | None = None
+    ) -> Request[ClassifyResponse]:
+        return _post("/classify", ClassifyResponse, image, top_k=top_k, model=model)
 
     @staticmethod
-    def detect(image: ImageSource, **options: Any) -> Call:
-        return Call("POST", "/detect", _params(**options), {"image": read_image(image)})
+    def detect(
+        image: ImageSource,
+        *,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+        model: str | None = None,
+    ) -> Request[DetectResponse]:
+        return _post(
+            "/detect", DetectResponse, image, score_threshold=score_threshold,
+            iou_threshold=iou_threshold, max_detections=max_detections, classes=classes,
+            model=model,
+        )  # fmt: skip
 
     @staticmethod
-    def segment(image: ImageSource, **options: Any) -> Call:
-        return Call("POST", "/segment", _params(**options), {"image": read_image(image)})
+    def segment(
+        image: ImageSource,
+        *,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+        classes: Sequence[str] | None = None,
+        mask_threshold: float | None = None,
+        mask_format: Literal["rle", "polygon", "png"] | None = None,
+        model: str | None = None,
+    ) -> Request[SegmentResponse]:
+        return _post(
+            "/segment", SegmentResponse, image, score_threshold=score_threshold,
+            iou_threshold=iou_threshold, max_detections=max_detections, classes=classes,
+            mask_threshold=mask_threshold, mask_format=mask_format, model=model,
+        )  # fmt: skip
 
     @staticmethod
-    def verify_faces(a: ImageSource, b: ImageSource, **options: Any) -> Call:
-        files = {"image_a": read_image(a, "a"), "image_b": read_image(b, "b")}
-        return Call("POST", "/verify-faces", _params(**options), files)
+    def verify_faces(
+        image_a: ImageSource,
+        image_b: ImageSource,
+        *,
+        threshold: float | None = None,
+        metric: Literal["cosine", "euclidean"] | None = None,
+        model: str | None = None,
+        detector: str | None = None,
+    ) -> Request[VerifyFacesResponse]:
+        params = _params(threshold=threshold, metric=metric, model=model, detector=detector)
+        files = {"image_a": read_image(image_a, "a"), "image_b": read_image(image_b, "b")}
+        return Request(Call("POST", "/verify-faces", params, files), VerifyFacesResponse)
 
     @staticmethod
-    def embed_faces(image: ImageSource, **options: Any) -> Call:
-        return Call("POST", "/faces/embed", _params(**options), {"image": read_image(image)})
+    def embed_faces(
+        image: ImageSource,
+        *,
+        score_threshold: float | None = None,
+        max_faces: int | None = None,
+        model: str | None = None,
+        detector: str | None = None,
+    ) -> Request[FaceEmbedResponse]:
+        return _post(
+            "/faces/embed", FaceEmbedResponse, image, score_threshold=score_threshold,
+            max_faces=max_faces, model=model, detector=detector,
+        )  # fmt: skip
+
+    @staticmethod
+    def models() -> Request[ModelsResponse]:
+        return Request(Call("GET", "/v1/models"), ModelsResponse)
+
+    @staticmethod
+    def ready() -> Request[ReadyResponse]:
+        """/readyz without retrying: 503 (still loading) is an answer here, not an error."""
+        return Request(Call("GET", "/readyz"), ReadyResponse, probe=True)
 
 
-def _parse(response: httpx2.Response, answer: type[Answer]) -> Answer:
-    if response.status_code >= 400:
-        raise ApiError.from_response(response)
-    return answer.model_validate_json(response.content)
+def _method(method: Method, endpoint: Callable[..., Any], owner: str) -> Method:
+    """Give `method` the endpoint's name, docstring and signature (with `self`, returning the
+    answer model) so that help() and editors show the real parameters."""
+    signature = inspect.signature(endpoint, eval_str=True)
+    (answer,) = get_args(signature.return_annotation)
+    self_ = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+    signature = signature.replace(
+        parameters=[self_, *signature.parameters.values()], return_annotation=answer
+    )
+    for name, value in [
+        ("__name__", endpoint.__name__),
+        ("__qualname__", f"{owner}.{endpoint.__name__}"),
+        ("__doc__", endpoint.__doc__),
+        ("__signature__", signature),
+    ]:
+        setattr(method, name, value)
+    return method
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"X-API-Key": api_key} if api_key else {}
+def _blocking(endpoint: Callable[P, Request[Answer]]) -> Callable[Concatenate[Client, P], Answer]:
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Answer:
+        return self._fetch(endpoint(*args, **kwargs))
+
+    return _method(method, endpoint, "Client")
+
+
+def _awaitable(
+    endpoint: Callable[P, Request[Answer]],
+) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, Answer]]:
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> Answer:
+        return await self._fetch(endpoint(*args, **kwargs))
+
+    return _method(method, endpoint, "AsyncClient")
 
 
 class Client:
@@ -212,118 +347,30 @@ class Client:
         if self._own:
             self.http.close()
 
-    def send(self, call: Call) -> httpx2.Response:
+    def send(self, call: Call, *, retry: RetryPolicy | None = None) -> httpx2.Response:
         """Send, retrying 429/503 and refused connections; returns the last response."""
-        for attempt in range(self.retry.retries + 1):
-            last = attempt == self.retry.retries
+        policy, attempt = retry or self.retry, 0
+        while True:
             try:
-                response = self.http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    files=call.files,
-                    headers=_headers(self.api_key),
-                )
-            except (httpx2.ConnectError, httpx2.ConnectTimeout):
-                if last:
-                    raise
-                self._sleep(self.retry.delay(attempt, None))
-                continue
-            if response.status_code not in RETRIED_STATUSES or last:
-                return response
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
-            self._sleep(self.retry.delay(attempt, retry_after))
-        raise AssertionError("unreachable")
+                outcome: httpx2.Response | Exception = call.via(self.http.request, self.api_key)
+            except RETRIED_ERRORS as error:
+                outcome = error
+            wait = policy.wait(attempt, outcome)
+            if wait is None:
+                return _final(outcome)
+            self._sleep(wait)
+            attempt += 1
 
-    def classify(
-        self, image: ImageSource, *, top_k: int | None = None, model: str | None = None
-    ) -> ClassifyResponse:
-        return _parse(self.send(Calls.classify(image, top_k, model)), ClassifyResponse)
+    def _fetch(self, request: Request[Answer]) -> Answer:
+        return request.parse(self.send(request.call, retry=request.retry(self.retry)))
 
-    def detect(
-        self,
-        image: ImageSource,
-        *,
-        score_threshold: float | None = None,
-        iou_threshold: float | None = None,
-        max_detections: int | None = None,
-        classes: Sequence[str] | None = None,
-        model: str | None = None,
-    ) -> DetectResponse:
-        call = Calls.detect(
-            image,
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-            max_detections=max_detections,
-            classes=classes,
-            model=model,
-        )
-        return _parse(self.send(call), DetectResponse)
-
-    def segment(
-        self,
-        image: ImageSource,
-        *,
-        score_threshold: float | None = None,
-        iou_threshold: float | None = None,
-        max_detections: int | None = None,
-        classes: Sequence[str] | None = None,
-        mask_threshold: float | None = None,
-        mask_format: Literal["rle", "polygon", "png"] | None = None,
-        model: str | None = None,
-    ) -> SegmentResponse:
-        call = Calls.segment(
-            image,
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-            max_detections=max_detections,
-            classes=classes,
-            mask_threshold=mask_threshold,
-            mask_format=mask_format,
-            model=model,
-        )
-        return _parse(self.send(call), SegmentResponse)
-
-    def verify_faces(
-        self,
-        image_a: ImageSource,
-        image_b: ImageSource,
-        *,
-        threshold: float | None = None,
-        metric: Literal["cosine", "euclidean"] | None = None,
-        model: str | None = None,
-        detector: str | None = None,
-    ) -> VerifyFacesResponse:
-        call = Calls.verify_faces(
-            image_a, image_b, threshold=threshold, metric=metric, model=model, detector=detector
-        )
-        return _parse(self.send(call), VerifyFacesResponse)
-
-    def embed_faces(
-        self,
-        image: ImageSource,
-        *,
-        score_threshold: float | None = None,
-        max_faces: int | None = None,
-        model: str | None = None,
-        detector: str | None = None,
-    ) -> FaceEmbedResponse:
-        call = Calls.embed_faces(
-            image,
-            score_threshold=score_threshold,
-            max_faces=max_faces,
-            model=model,
-            detector=detector,
-        )
-        return _parse(self.send(call), FaceEmbedResponse)
-
-    def models(self) -> ModelsResponse:
-        return _parse(self.send(Call("GET", "/v1/models")), ModelsResponse)
-
-    def ready(self) -> ReadyResponse:
-        """/readyz without retrying: 503 (still loading) is an answer here, not an error."""
-        response = self.http.get("/readyz", headers=_headers(self.api_key))
-        return ReadyResponse.model_validate_json(response.content)
+    classify = _blocking(Endpoints.classify)
+    detect = _blocking(Endpoints.detect)
+    segment = _blocking(Endpoints.segment)
+    verify_faces = _blocking(Endpoints.verify_faces)
+    embed_faces = _blocking(Endpoints.embed_faces)
+    models = _blocking(Endpoints.models)
+    ready = _blocking(Endpoints.ready)
 
 
 class AsyncClient:
@@ -355,113 +402,28 @@ class AsyncClient:
         if self._own:
             await self.http.aclose()
 
-    async def send(self, call: Call) -> httpx2.Response:
-        for attempt in range(self.retry.retries + 1):
-            last = attempt == self.retry.retries
+    async def send(self, call: Call, *, retry: RetryPolicy | None = None) -> httpx2.Response:
+        policy, attempt = retry or self.retry, 0
+        while True:
             try:
-                response = await self.http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    files=call.files,
-                    headers=_headers(self.api_key),
+                outcome: httpx2.Response | Exception = await call.via(
+                    self.http.request, self.api_key
                 )
-            except (httpx2.ConnectError, httpx2.ConnectTimeout):
-                if last:
-                    raise
-                await self._sleep(self.retry.delay(attempt, None))
-                continue
-            if response.status_code not in RETRIED_STATUSES or last:
-                return response
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
-            await self._sleep(self.retry.delay(attempt, retry_after))
-        raise AssertionError("unreachable")
+            except RETRIED_ERRORS as error:
+                outcome = error
+            wait = policy.wait(attempt, outcome)
+            if wait is None:
+                return _final(outcome)
+            await self._sleep(wait)
+            attempt += 1
 
-    async def classify(
-        self, image: ImageSource, *, top_k: int | None = None, model: str | None = None
-    ) -> ClassifyResponse:
-        return _parse(await self.send(Calls.classify(image, top_k, model)), ClassifyResponse)
+    async def _fetch(self, request: Request[Answer]) -> Answer:
+        return request.parse(await self.send(request.call, retry=request.retry(self.retry)))
 
-    async def detect(
-        self,
-        image: ImageSource,
-        *,
-        score_threshold: float | None = None,
-        iou_threshold: float | None = None,
-        max_detections: int | None = None,
-        classes: Sequence[str] | None = None,
-        model: str | None = None,
-    ) -> DetectResponse:
-        call = Calls.detect(
-            image,
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-            max_detections=max_detections,
-            classes=classes,
-            model=model,
-        )
-        return _parse(await self.send(call), DetectResponse)
-
-    async def segment(
-        self,
-        image: ImageSource,
-        *,
-        score_threshold: float | None = None,
-        iou_threshold: float | None = None,
-        max_detections: int | None = None,
-        classes: Sequence[str] | None = None,
-        mask_threshold: float | None = None,
-        mask_format: Literal["rle", "polygon", "png"] | None = None,
-        model: str | None = None,
-    ) -> SegmentResponse:
-        call = Calls.segment(
-            image,
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-            max_detections=max_detections,
-            classes=classes,
-            mask_threshold=mask_threshold,
-            mask_format=mask_format,
-            model=model,
-        )
-        return _parse(await self.send(call), SegmentResponse)
-
-    async def verify_faces(
-        self,
-        image_a: ImageSource,
-        image_b: ImageSource,
-        *,
-        threshold: float | None = None,
-        metric: Literal["cosine", "euclidean"] | None = None,
-        model: str | None = None,
-        detector: str | None = None,
-    ) -> VerifyFacesResponse:
-        call = Calls.verify_faces(
-            image_a, image_b, threshold=threshold, metric=metric, model=model, detector=detector
-        )
-        return _parse(await self.send(call), VerifyFacesResponse)
-
-    async def embed_faces(
-        self,
-        image: ImageSource,
-        *,
-        score_threshold: float | None = None,
-        max_faces: int | None = None,
-        model: str | None = None,
-        detector: str | None = None,
-    ) -> FaceEmbedResponse:
-        call = Calls.embed_faces(
-            image,
-            score_threshold=score_threshold,
-            max_faces=max_faces,
-            model=model,
-            detector=detector,
-        )
-        return _parse(await self.send(call), FaceEmbedResponse)
-
-    async def models(self) -> ModelsResponse:
-        return _parse(await self.send(Call("GET", "/v1/models")), ModelsResponse)
-
-    async def ready(self) -> ReadyResponse:
-        response = await self.http.get("/readyz", headers=_headers(self.api_key))
-        return ReadyResponse.model_validate_json(response.content)
+    classify = _awaitable(Endpoints.classify)
+    detect = _awaitable(Endpoints.detect)
+    segment = _awaitable(Endpoints.segment)
+    verify_faces = _awaitable(Endpoints.verify_faces)
+    embed_faces = _awaitable(Endpoints.embed_faces)
+    models = _awaitable(Endpoints.models)
+    ready = _awaitable(Endpoints.ready)

@@ -4,6 +4,7 @@ key header; sync over the app in-process, async over a real socket."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,6 +66,46 @@ def scripted(*answers: httpx.Response | Exception, **kwargs) -> tuple[Client, Sc
 def test_retry_after_header(header, seconds):
     now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=timezone.utc)
     assert retry_after_seconds(header, now) == seconds
+
+
+REFUSED = httpx.ConnectError("connection refused")
+
+
+@pytest.mark.parametrize(
+    ("attempt", "outcome", "wait"),
+    [
+        (0, httpx.Response(200), None),
+        (0, httpx.Response(400), None),
+        (0, httpx.Response(500), None),
+        (0, httpx.Response(429), 0.5),
+        (2, httpx.Response(503), 2.0),  # no Retry-After: backoff doubles per attempt
+        (0, httpx.Response(503, headers={"Retry-After": "4"}), 4.0),
+        (0, httpx.Response(503, headers={"Retry-After": "99"}), 10.0),  # capped
+        (3, httpx.Response(503, headers={"Retry-After": "1"}), None),  # retries spent
+        (1, REFUSED, 1.0),
+        (3, REFUSED, None),
+        (0, httpx.ReadTimeout("slow"), None),  # the server may have run it: not resent
+    ],
+)
+def test_retry_policy_decides_from_the_outcome(attempt, outcome, wait):
+    policy = RetryPolicy(retries=3, backoff_s=0.5, max_wait_s=10)
+    assert policy.wait(attempt, outcome) == wait
+
+
+def test_sync_and_async_clients_have_the_same_methods():
+    for name in ["classify", "detect", "segment", "verify_faces", "embed_faces", "models", "ready"]:
+        sync, awaitable = getattr(Client, name), getattr(AsyncClient, name)
+        assert inspect.signature(sync) == inspect.signature(awaitable)
+        assert inspect.iscoroutinefunction(awaitable) and not inspect.iscoroutinefunction(sync)
+    assert "image" in inspect.signature(Client.classify).parameters
+
+
+def test_ready_is_asked_once_and_a_503_is_an_answer():
+    loading = {"status": "loading", "models": {"m": False}}
+    client, script, sleeps = scripted(httpx.Response(503, json=loading))
+    answer = client.ready()
+    assert (answer.status, answer.models) == ("loading", {"m": False})
+    assert sleeps == [] and [r.url.path for r in script.requests] == ["/readyz"]
 
 
 def test_429_and_503_are_retried_after_the_servers_retry_after():

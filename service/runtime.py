@@ -304,6 +304,12 @@ def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning intra-op threads keep a core busy between runs: the event loop and the decode
+    # threads then wait for CPU, which costs more than the wake-up it saves (see README,
+    # Performance).
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if settings.ort_spinning else "0"
+    )
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # provider fall-back is reported once, below, by us
     # ORT's CPU arena keeps the largest block each input shape ever needed; a model whose

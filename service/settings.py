@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         default_factory=_cpu_count, ge=1, description="ORT threads per session run."
     )
     inter_op_threads: int = Field(1, ge=1)
+    ort_spinning: bool = Field(
+        False,
+        description="Let ORT's idle intra-op threads spin-wait for the next run (lower latency "
+        "on dedicated cores; steals CPU from decoding and HTTP when cores are few).",
+    )
     warmup_runs: int = Field(2, ge=0, le=100)
     default_models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(BUILT_IN_DEFAULTS),

@@ -248,3 +248,11 @@ def test_models_endpoint_reports_io_binding(tiny_classifier_dir, io_binding):
     providers = model["providers"]
     assert providers["io_binding"] is (io_binding == "on")
     assert "trt_fp16" not in providers  # TensorRT is not active here
+
+
+@pytest.mark.parametrize(("spinning", "entry"), [(False, "0"), (True, "1")])
+def test_ort_spinning_setting_reaches_the_session(tiny_classifier_dir, spinning, entry):
+    loaded = read_card(tiny_classifier_dir / "tiny-cls")
+    runtime = load_model(loaded, settings_for(tiny_classifier_dir, ort_spinning=spinning))
+    options = runtime.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry

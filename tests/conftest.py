@@ -71,6 +71,22 @@ def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/ holding `tiny-yolo`: a tiny Darknet YOLO with seeded random weights, exported by
+    scripts/exporters/detect.py."""
+    from scripts.exporters.detect import export_darknet, save_darknet_weights
+    from tests.test_detect_darknet import LABELS, TINY_CFG, randomized
+
+    root = tmp_path_factory.mktemp("tiny-det")
+    cfg, weights = root / "tiny.cfg", root / "tiny.weights"
+    cfg.write_text(TINY_CFG)
+    save_darknet_weights(randomized(seed=1), weights)
+    models = root / "models"
+    export_darknet(cfg, weights, name="tiny-yolo", labels=LABELS, out_dir=models)
+    return models
+
+
 @pytest.fixture
 def classify_client(tiny_classifier_dir: Path) -> Iterator[TestClient]:
     with serve(tiny_classifier_dir) as client:

@@ -11,23 +11,11 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
-from scripts.exporters.detect import export_darknet, save_darknet_weights
 from service.cards import read_card
 from service.images import decode
 from service.tasks.detect import DetectOptions, postprocess, preprocess
 from tests.helpers import encode, noise_image, serve
-from tests.test_detect_darknet import LABELS, TINY_CFG, randomized
-
-
-@pytest.fixture(scope="module")
-def tiny_detector_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-det")
-    cfg, weights = root / "tiny.cfg", root / "tiny.weights"
-    cfg.write_text(TINY_CFG)
-    save_darknet_weights(randomized(seed=1), weights)
-    models = root / "models"
-    export_darknet(cfg, weights, name="tiny-yolo", labels=LABELS, out_dir=models)
-    return models
+from tests.test_detect_darknet import LABELS
 
 
 @pytest.fixture(scope="module")

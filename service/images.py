@@ -154,7 +154,8 @@ def _decode_pixels(img: Image.Image, fmt: str, min_side: int | None) -> DecodedI
     if getattr(img, "n_frames", 1) > 1:
         img.seek(0)
     img.load()
-    img = ImageOps.exif_transpose(img) or img
+    if orientation in range(2, 9):  # exif_transpose copies the image even when upright
+        img = ImageOps.exif_transpose(img) or img
     rgb = _to_rgb(img)
     pixels = np.asarray(rgb, dtype=np.uint8)
     if pixels.ndim != 3 or pixels.shape[2] != 3:

@@ -18,7 +18,6 @@ from PIL import Image
 
 from tests.helpers import encode, noise_image, serve
 from tests.test_api_faces import face_models, photo  # noqa: F401  (fixture + face photo)
-from tests.test_detect_api import tiny_detector_dir  # noqa: F401  (fixture)
 from tests.test_images import animated_gif, exif_rotated_jpeg, png_header_only, sixteen_bit_png
 from tests.test_segment_api import tiny_segmenter_dir  # noqa: F401  (fixture)
 

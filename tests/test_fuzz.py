@@ -10,7 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from tests.helpers import serve
 from tests.test_api_faces import face_models  # noqa: F401  (fixture)
 from tests.test_bad_inputs import all_models  # noqa: F401  (fixture)
-from tests.test_detect_api import tiny_detector_dir  # noqa: F401  (fixture)
 from tests.test_segment_api import tiny_segmenter_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

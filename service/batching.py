@@ -51,6 +51,7 @@ class MicroBatcher:
         max_batch: int,
         max_wait_ms: float,
         max_queue: int,
+        concurrency: int = 1,
     ) -> None:
         self._run = run
         self.name = name
@@ -59,9 +60,16 @@ class MicroBatcher:
         self.max_queue = max_queue
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._carry: _Pending | None = None
-        # One thread per model: ORT parallelises inside a run; two runs of one session at once
-        # would only fight over the same cores.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        # `concurrency` batches may run at once (one thread each). ORT parallelises inside a
+        # run, but not perfectly: a second run in flight fills the gaps (serial ops, thread
+        # wake-ups) where batching alone does not help. While every slot is busy the queue
+        # grows, so the next batch is fuller.
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._executor = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix=f"ort-{name}"
+        )
+        self._inflight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._running = 0
@@ -129,48 +137,61 @@ class MicroBatcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
-            live = [p for p in batch if not p.future.done()]  # a cancelled client frees its slot
-            if not live:
-                continue
-            stacked = (
-                live[0].tensor
-                if len(live) == 1
-                else np.concatenate([p.tensor for p in live], axis=0)
-            )
-            started = time.perf_counter()
-            self._running += 1
+            await self._slots.acquire()  # a free slot first: meanwhile the batch fills up
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, stacked)
-            except Exception as exc:  # deliver the failure to every waiter, keep serving
-                log.exception("model %s failed on a batch of %d", self.name, stacked.shape[0])
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            finally:
-                self._running -= 1
-            run_ms = (time.perf_counter() - started) * 1000
-            self.batches_run += 1
-            self._last_rows = stacked.shape[0]
-            if self.observer is not None:
-                waits = [started - p.enqueued for p in live]
-                self.observer(stacked.shape[0], run_ms / 1000, waits)
-            offset = 0
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        try:
+            live = [p for p in batch if not p.future.done()]  # a cancelled client frees its slot
+            if live:
+                await self._execute(live)
+        finally:
+            self._slots.release()
+
+    async def _execute(self, live: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        stacked = (
+            live[0].tensor if len(live) == 1 else np.concatenate([p.tensor for p in live], axis=0)
+        )
+        started = time.perf_counter()
+        self._running += 1
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, stacked)
+        except Exception as exc:  # deliver the failure to every waiter, keep serving
+            log.exception("model %s failed on a batch of %d", self.name, stacked.shape[0])
             for p in live:
-                n = p.tensor.shape[0]
                 if not p.future.done():
-                    p.future.set_result(
-                        BatchResult(
-                            outputs=[o[offset : offset + n] for o in outputs],
-                            queue_ms=(started - p.enqueued) * 1000,
-                            run_ms=run_ms,
-                            batch_size=stacked.shape[0],
-                        )
+                    p.future.set_exception(exc)
+            return
+        finally:
+            self._running -= 1
+        run_ms = (time.perf_counter() - started) * 1000
+        self.batches_run += 1
+        self._last_rows = stacked.shape[0]
+        if self.observer is not None:
+            waits = [started - p.enqueued for p in live]
+            self.observer(stacked.shape[0], run_ms / 1000, waits)
+        offset = 0
+        for p in live:
+            n = p.tensor.shape[0]
+            if not p.future.done():
+                p.future.set_result(
+                    BatchResult(
+                        outputs=[o[offset : offset + n] for o in outputs],
+                        queue_ms=(started - p.enqueued) * 1000,
+                        run_ms=run_ms,
+                        batch_size=stacked.shape[0],
                     )
-                offset += n
+                )
+            offset += n
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Stop taking work, let queued requests finish (up to drain_timeout), then stop."""
@@ -178,11 +199,13 @@ class MicroBatcher:
         deadline = time.perf_counter() + drain_timeout
         while (self.depth or self._running) and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
-        if self._task is not None:
-            self._task.cancel()
+        tasks = [t for t in (self._task, *self._inflight) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-            self._task = None
+        self._task = None
         self._executor.shutdown(wait=True)

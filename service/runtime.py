@@ -218,6 +218,7 @@ class ModelRuntime:
                 "max_batch": self.max_batch,
                 "max_wait_ms": self.batcher.max_wait * 1000,
                 "max_queue": self.batcher.max_queue,
+                "concurrency": self.batcher.concurrency,
                 "queue_depth": self.batcher.depth,
                 "batches_run": self.batcher.batches_run,
             },
@@ -348,6 +349,7 @@ def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
         max_batch=max_batch,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
+        concurrency=settings.batch_concurrency,
     )
     return ModelRuntime(
         card=card,

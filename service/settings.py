@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1, le=256, description="Micro-batch size per model.")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a batch waits to fill.")
     max_queue: int = Field(64, ge=1, description="Requests waiting per model before 429.")
+    batch_concurrency: int = Field(
+        1, ge=1, le=16, description="Batches of one model that may run at once."
+    )
     intra_op_threads: int = Field(
         default_factory=_cpu_count, ge=1, description="ORT threads per session run."
     )

@@ -81,6 +81,37 @@ def test_concurrent_requests_are_batched_and_split_back():
     assert all(1 <= int(s) <= 4 for s in sizes)
 
 
+class OverlapModel(RecordingModel):
+    """Records how many runs were inside it at the same time."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.inside = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        with self.lock:
+            self.inside += 1
+            self.peak = max(self.peak, self.inside)
+        try:
+            return super().__call__(x)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+def test_batch_concurrency_bounds_the_runs_in_flight(concurrency):
+    model = OverlapModel(delay=0.03)
+    batcher = MicroBatcher(
+        model, name="m", max_batch=2, max_wait_ms=5, max_queue=64, concurrency=concurrency
+    )
+    sizes = asyncio.run(_run_concurrently(batcher, 24))  # rows still come back to their owner
+    assert sum(model.batches) == 24 and max(model.batches) <= 2
+    assert model.peak == concurrency
+    assert all(1 <= int(s) <= 2 for s in sizes)
+
+
 def test_full_queue_is_refused_with_retry_after():
     async def scenario() -> tuple[int, int]:
         model = RecordingModel(delay=0.05)

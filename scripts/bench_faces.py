@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts.bench_latency import rss_mb, summary  # noqa: E402
+from scripts import benchkit  # noqa: E402
+from scripts.benchkit import summary  # noqa: E402
 
 
 def bare_pipeline(models: Path, det: str, emb: str, photos: list[bytes], n: int, threads: int):
@@ -92,32 +91,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     photos = [args.a.read_bytes(), args.b.read_bytes()]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = benchkit.free_port()
     linked = Path(tempfile.mkdtemp(prefix="bench-faces-"))
     for name in (args.detector, args.embedder):
         (linked / name).symlink_to((args.models / name).resolve(), target_is_directory=True)
-    env = os.environ | {"IIS_MODELS_DIR": str(linked), "IIS_PORT": str(port),
-                        "IIS_HOST": "127.0.0.1", "IIS_LOG_LEVEL": "warning",
-                        "IIS_INTRA_OP_THREADS": str(args.threads)}  # fmt: skip
-    server = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
+    env = benchkit.service_env(linked, port, args.threads)
     deadline = time.monotonic() + args.time_limit
     files = {
         "image_a": (args.a.name, photos[0], "image/jpeg"),
         "image_b": (args.b.name, photos[1], "image/jpeg"),
     }
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("server did not become ready")
-                time.sleep(0.2)
+        with (
+            benchkit.serve(
+                benchkit.service_argv(),
+                port=port,
+                ready_path="/readyz",
+                env=env,
+                timeout=args.time_limit,
+            ) as server,
+            httpx.Client(base_url=server.url, timeout=30) as client,
+        ):
             for _ in range(5):
                 client.post("/verify-faces", files=files).raise_for_status()
             http_ms, steps, body = [], {}, {}
@@ -131,13 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                 body = r.json()
                 for k, v in body["timing_ms"].items():
                     steps.setdefault(k, []).append(v)
-            rss = rss_mb(server.pid)
+            rss = server.rss_mb()
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
-        for child in linked.iterdir():
-            child.unlink()
-        linked.rmdir()
+        shutil.rmtree(linked, ignore_errors=True)
 
     result = {
         "endpoint": "/verify-faces",

@@ -16,9 +16,7 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,12 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bare(folder: Path, photo: bytes, n: int, threads: int) -> dict[str, float]:
@@ -69,33 +61,20 @@ def bare(folder: Path, photo: bytes, n: int, threads: int) -> dict[str, float]:
 
 
 def served(folder: Path, photo: bytes, n: int, threads: int) -> dict[str, float]:
-    import httpx
+    import httpx2 as httpx
 
-    port = _free_port()
+    from scripts import benchkit
+
+    port = benchkit.free_port()
     with tempfile.TemporaryDirectory() as models:
         (Path(models) / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
-        env = os.environ | {
-            "IIS_MODELS_DIR": models,
-            "IIS_PORT": str(port),
-            "IIS_INTRA_OP_THREADS": str(threads),
-            "IIS_LOG_LEVEL": "warning",
-        }
-        server = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-            else:
-                raise RuntimeError("the service did not become ready in 120 s")
+        env = benchkit.service_env(Path(models), port, threads)
+        with benchkit.serve(
+            benchkit.service_argv(), port=port, ready_path="/readyz", env=env, timeout=120
+        ) as server:
             files = {"image": ("photo.jpg", photo, "image/jpeg")}
             latencies, inference, found = [], [], 0
-            with httpx.Client(base_url=url, timeout=60) as client:
+            with httpx.Client(base_url=server.url, timeout=60) as client:
                 for i in range(n + 2):
                     t = time.perf_counter()
                     r = client.post("/segment", files=files)
@@ -109,9 +88,6 @@ def served(folder: Path, photo: bytes, n: int, threads: int) -> dict[str, float]
                 "server_inference_p50": round(statistics.median(inference), 1),
                 "instances": found,
             }
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> None:

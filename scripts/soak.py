@@ -13,11 +13,7 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -30,12 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from scripts import benchkit  # noqa: E402
+from scripts.benchkit import rss_mb  # noqa: E402
 
 
 def _jpeg(arr: np.ndarray, quality: int = 90) -> bytes:
@@ -71,8 +63,9 @@ def payloads(face: bytes, photo: bytes) -> dict[str, list[tuple[str, dict[str, b
     }
 
 
-async def run(url: str, pid: int, endpoints: list[str], args: argparse.Namespace,
-              face: bytes, photo: bytes) -> dict[str, object]:
+async def run(
+    url: str, pid: int, endpoints: list[str], args: argparse.Namespace, face: bytes, photo: bytes
+) -> dict[str, object]:
     import httpx2 as httpx
 
     cases = payloads(face, photo)
@@ -122,11 +115,16 @@ async def run(url: str, pid: int, endpoints: list[str], args: argparse.Namespace
         "server_errors_5xx": sum(n for k, n in statuses.items() if k.split()[-1].startswith("5")),
         "unexpected": dict(wrong),
         "statuses": dict(sorted(statuses.items())),
-        "latency_ms": {"p50": round(lat[len(lat) // 2] * 1000, 1),
-                       "p99": round(lat[int(len(lat) * 0.99)] * 1000, 1)},
-        "rss_mb": {"baseline_after_first_minute": baseline, "final": final,
-                   "growth_pct": round((final - baseline) / baseline * 100, 2),
-                   "samples": rss},
+        "latency_ms": {
+            "p50": round(lat[len(lat) // 2] * 1000, 1),
+            "p99": round(lat[int(len(lat) * 0.99)] * 1000, 1),
+        },
+        "rss_mb": {
+            "baseline_after_first_minute": baseline,
+            "final": final,
+            "growth_pct": round((final - baseline) / baseline * 100, 2),
+            "samples": rss,
+        },
     }
 
 
@@ -152,31 +150,20 @@ def main(argv: list[str] | None = None) -> int:
 
         photo = _jpeg(skimage.data.chelsea())
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = os.environ | {"IIS_MODELS_DIR": str(args.models), "IIS_PORT": str(port),
-                        "IIS_HOST": "127.0.0.1", "IIS_LOG_LEVEL": "warning"}
-    server = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None:
-                raise SystemExit("server exited before it was ready")
-            time.sleep(0.5)
-        defaults = httpx.get(f"{url}/v1/models").json()["defaults"]
-        task_endpoint = {"classify": "/classify", "detect": "/detect", "segment": "/segment",
-                         "face-embed": "/verify-faces"}
+    port = benchkit.free_port()
+    env = benchkit.service_env(args.models, port, benchkit.cores())
+    with benchkit.serve(
+        benchkit.service_argv(), port=port, ready_path="/readyz", env=env, timeout=300
+    ) as server:
+        defaults = httpx.get(f"{server.url}/v1/models").json()["defaults"]
+        task_endpoint = {
+            "classify": "/classify",
+            "detect": "/detect",
+            "segment": "/segment",
+            "face-embed": "/verify-faces",
+        }
         endpoints = [ep for task, ep in task_endpoint.items() if task in defaults]
-        result = asyncio.run(run(url, server.pid, endpoints, args, face, photo))
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
+        result = asyncio.run(run(server.url, server.pid, endpoints, args, face, photo))
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

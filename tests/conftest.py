@@ -11,6 +11,17 @@ from fastapi.testclient import TestClient
 from tests.helpers import DEFAULT_MODELS, serve
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared CPU: one torch thread beats two that spin-wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def default_models() -> Path:
     """models/ as `python scripts/build_models.py` leaves it. Missing models fail the test

@@ -6,7 +6,6 @@ uninterrupted run does."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,11 @@ from scripts.finetune import main
 from service.cards import read_card
 from tests.helpers import encode, serve
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, shared CPU
+
 CLASSES = ["apple", "banana", "cherry"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared CPU: one torch thread beats two that spin-wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 COLOURS = {"apple": (200, 40, 40), "banana": (230, 210, 60), "cherry": (120, 0, 60)}

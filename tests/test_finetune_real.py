@@ -5,27 +5,16 @@ frozen features separate faces from background crops)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from scripts.build_models import CACHE, DEFAULTS
 from scripts.finetune import main
 from scripts.training.lfw import write_lfw_subset
 from service.cards import read_card
 
-pytestmark = pytest.mark.real_weights
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared CPU: one torch thread beats two that spin-wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.real_weights, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ data scanning, balanced sampling, weight sources and metrics. Random weights, ti
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +17,11 @@ from scripts.training import strategies, weights
 from scripts.training.data import epoch_order, is_skewed, scan
 from scripts.training.report import metrics
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, shared CPU
+
 _models: dict[str, nn.Module] = {}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared CPU: one torch thread beats two that spin-wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def gap_model(arch: str) -> nn.Module:

@@ -4,7 +4,6 @@ Keras "caffe" preprocessing the service applies from the card."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,7 @@ from service.cards import Preprocess
 from service.images import DecodedImage
 from service.preprocess import to_batch
 
-pytestmark = pytest.mark.real_weights
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.real_weights, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,9 @@ def raw_ceiling(
 # ---------------------------------------------------------------------------- servers
 
 
-def start(stack: str, folder: Path, port: int, args: argparse.Namespace, tmp: Path):  # type: ignore[no-untyped-def]
+def start(
+    stack: str, folder: Path, port: int, args: argparse.Namespace, tmp: Path
+) -> AbstractContextManager[benchkit.Server]:
     threads = str(args.threads)
     log = tmp / f"{stack}-{folder.name}.log"
     if stack == "service":

@@ -12,7 +12,7 @@ What each model is calibrated on and measured with is chosen from its card:
         (top-1, top-5 overlap, probability difference) on the photos of scripts/build_models.py
         TEST_DATA and their mirror images.
     detectors: the same photos; INT8 vs FP32 detections matched at IoU >= 0.5 with the same
-        label, and recall against tests/test_detect_real.py's hand-drawn boxes.
+        label, and recall against scripts/detect_truth.py's hand-drawn boxes.
 --calibration DIR replaces the calibration images (never the evaluation set: an image found in
 both is refused). Every image goes through the service's decode and the task's preprocess. The
 new folder is a copy of the card with the name changed and a `quantization` block holding the
@@ -317,6 +317,8 @@ def elpv_test(
     card: ModelCard, test: list[tuple[Path, int]], batch: int = 8
 ) -> Callable[..., dict[str, Any]]:
     def evaluate(fp32: Runner, int8: Runner) -> dict[str, Any]:
+        from scripts.training.report import metrics
+
         truth = np.array([c for _, c in test])
         probs: dict[str, list[np.ndarray]] = {"fp32": [], "int8": []}
         for start in tqdm(range(0, len(test), batch), desc="ELPV test cells", unit="batch"):
@@ -326,17 +328,12 @@ def elpv_test(
             probs["int8"].append(probabilities(int8(tensor), card))
         p32, p8 = np.concatenate(probs["fp32"]), np.concatenate(probs["int8"])
         out: dict[str, Any] = {"test_cells": len(test)}
-        k = len(card.labels)
         for name, p in (("fp32", p32), ("int8", p8)):
-            pred = p.argmax(1)
-            confusion = np.zeros((k, k), int)
-            np.add.at(confusion, (truth, pred), 1)
+            m = metrics(truth, p.argmax(1), list(card.labels))
             out[name] = {
-                "accuracy": float((pred == truth).mean()),
-                "recall": {
-                    card.labels[i]: float(confusion[i, i] / confusion[i].sum()) for i in range(k)
-                },
-                "confusion_matrix": confusion.tolist(),
+                "accuracy": m["accuracy"],
+                "recall": {c: v["recall"] for c, v in m["per_class"].items()},
+                "confusion_matrix": m["confusion_matrix"],
             }
         out["accuracy_change"] = out["int8"]["accuracy"] - out["fp32"]["accuracy"]
         out["prediction_agreement"] = float((p32.argmax(1) == p8.argmax(1)).mean())
@@ -381,7 +378,7 @@ def detect_once(runner: Runner, card: ModelCard, image: DecodedImage) -> list[di
 
 def match_pairs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[tuple[int, int, float]]:
     """Greedy one-to-one pairs (i, j, IoU) of same-label boxes with IoU >= 0.5, best first."""
-    from service.boxes import iou
+    from service.boxes import greedy_pairs, iou
 
     if not a or not b:
         return []
@@ -389,21 +386,12 @@ def match_pairs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[tuple[
         np.array([d["box"] for d in a], np.float32), np.array([d["box"] for d in b], np.float32)
     )
     overlap[np.array([[x["label"] != y["label"] for y in b] for x in a])] = 0.0
-    pairs, used_a, used_b = [], set(), set()
-    for flat in np.argsort(-overlap, axis=None):
-        i, j = (int(v) for v in np.unravel_index(flat, overlap.shape))
-        if overlap[i, j] < 0.5:
-            break
-        if i not in used_a and j not in used_b:
-            pairs.append((i, j, float(overlap[i, j])))
-            used_a.add(i)
-            used_b.add(j)
-    return pairs
+    return greedy_pairs(overlap)
 
 
 def detect_agreement(card: ModelCard, paths: Sequence[Path]) -> Callable[..., dict[str, Any]]:
     def evaluate(fp32: Runner, int8: Runner) -> dict[str, Any]:
-        from tests.test_detect_real import TRUTH, match
+        from scripts.detect_truth import TRUTH, match
 
         n32 = n8 = 0
         ious, score_diffs, per_image, found = [], [], [], {"fp32": [], "int8": []}
@@ -433,7 +421,7 @@ def detect_agreement(card: ModelCard, paths: Sequence[Path]) -> Callable[..., di
             "matched_mean_abs_score_diff": float(np.mean(score_diffs)) if score_diffs else None,
             "hand_boxes": len(found["fp32"]),
             "recall_iou50": recall,
-            "hand_boxes_from": "tests/test_detect_real.py TRUTH",
+            "hand_boxes_from": "scripts/detect_truth.py TRUTH",
             "per_image": per_image,
         }
         out["table"] = [

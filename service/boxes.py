@@ -40,6 +40,24 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+def greedy_pairs(overlap: np.ndarray, min_iou: float = 0.5) -> list[tuple[int, int, float]]:
+    """One-to-one (row, column, IoU) pairs from an (N, M) IoU matrix, highest IoU first, each
+    row and column used at most once, none under `min_iou`: how detections are matched to
+    hand-drawn boxes, or to another model's detections, when measuring them."""
+    pairs: list[tuple[int, int, float]] = []
+    used_rows: set[int] = set()
+    used_cols: set[int] = set()
+    for flat in np.argsort(-overlap, axis=None):
+        i, j = (int(v) for v in np.unravel_index(flat, overlap.shape))
+        if overlap[i, j] < min_iou:
+            break
+        if i not in used_rows and j not in used_cols:
+            pairs.append((i, j, float(overlap[i, j])))
+            used_rows.add(i)
+            used_cols.add(j)
+    return pairs
+
+
 def _greedy_block(over: np.ndarray, alive: np.ndarray) -> np.ndarray:
     """Greedy pass inside one block. over: (m, m) bool, over[i, j] = box i (better) suppresses
     box j (> i); alive: (m,) bool, boxes not already suppressed. -> (m,) bool survivors."""

@@ -28,8 +28,7 @@ from scripts.bench_apps.pipeline import Pipeline  # noqa: E402
 
 class OnnxAPI(ls.LitAPI):  # type: ignore[misc]
     def setup(self, device: str) -> None:
-        threads = int(os.environ.get("BENCH_THREADS", "0")) or None
-        self.pipeline = Pipeline.load(Path(os.environ["BENCH_MODEL_DIR"]), threads)
+        self.pipeline = Pipeline.from_env()
 
     def decode_request(self, request: dict[str, str]) -> Any:
         data = base64.b64decode(request["image"])

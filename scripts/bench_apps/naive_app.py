@@ -2,20 +2,19 @@
 batching, decode and preprocessing inline in the handler (a sync `def`, so FastAPI runs it in
 its thread pool and concurrent requests call session.run at the same time).
 
-    BENCH_MODEL_DIR=models/mobilenet_v2-imagenet uvicorn scripts.bench_apps.naive_app:app
+    BENCH_MODEL_DIR=models/mobilenet_v2-imagenet BENCH_THREADS=2 \
+        uvicorn scripts.bench_apps.naive_app:app
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, UploadFile
 
 from scripts.bench_apps.pipeline import Pipeline
 
-pipeline = Pipeline.load(Path(os.environ["BENCH_MODEL_DIR"]))
+pipeline = Pipeline.from_env()
 app = FastAPI()
 
 

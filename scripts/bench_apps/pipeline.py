@@ -54,6 +54,13 @@ class Pipeline:
         )
         return cls(loaded.card, session, session.get_inputs()[0].name)
 
+    @classmethod
+    def from_env(cls) -> Pipeline:
+        """The peer servers' model: BENCH_MODEL_DIR, with BENCH_THREADS intra-op threads (unset
+        or 0: onnxruntime's default)."""
+        threads = int(os.environ.get("BENCH_THREADS", "0")) or None
+        return cls.load(Path(os.environ["BENCH_MODEL_DIR"]), threads)
+
     def decode(self, data: bytes) -> DecodedImage:
         if os.environ.get("BENCH_PEER_DECODE") == "service":
             return decode(data, max_pixels=40_000_000, min_side=needed_side(self.card))

@@ -19,6 +19,7 @@ from service.batching import BatchResult, MicroBatcher, RunFn
 from service.cards import LoadedCard, ModelCard
 from service.errors import ModelNotFound, ModelUnavailable
 from service.settings import Settings
+from service.timing import Timing
 
 log = logging.getLogger("service.runtime")
 
@@ -193,13 +194,19 @@ class ModelRuntime:
         """Synchronous run on a (N, ...) batch: what the batcher's thread runs; warm-up too."""
         return list(self.runner(tensor))
 
-    async def infer(self, tensor: np.ndarray) -> BatchResult:
-        """Queue (n, ...) rows for the next batch and wait for their outputs."""
+    async def infer(
+        self, tensor: np.ndarray, timing: Timing, step: str = "inference"
+    ) -> BatchResult:
+        """Queue (n, ...) rows for the next batch and wait for their outputs; the wait goes
+        into `timing` as "queue", the run as `step`."""
         if not self.ready:
             raise ModelUnavailable(
                 f"model {self.name} is still loading", headers={"Retry-After": "2"}
             )
-        return await self.batcher.submit(tensor, self.timeout_s)
+        result = await self.batcher.submit(tensor, self.timeout_s)
+        timing.add("queue", result.queue_ms)
+        timing.add(step, result.run_ms)
+        return result
 
     def describe(self) -> dict[str, Any]:
         providers: dict[str, Any] = {

@@ -75,9 +75,7 @@ async def classify(
     runtime: ModelRuntime, image: DecodedImage, top_k: int, timing: Timing
 ) -> ClassifyResult:
     batch = await in_thread(timing, "preprocess", preprocess, [image], runtime.card)
-    result = await runtime.infer(batch)
-    timing.add("queue", result.queue_ms)
-    timing.add("inference", result.run_ms)
+    result = await runtime.infer(batch, timing)
     started = time.perf_counter()
     (predictions,) = postprocess(result.outputs[0], top_k, activation_of(runtime.card))
     timing.add("postprocess", (time.perf_counter() - started) * 1000)

@@ -170,9 +170,7 @@ async def detect(
     runtime: ModelRuntime, image: DecodedImage, options: DetectOptions, timing: Timing
 ) -> DetectResult:
     batch, geometries = await in_thread(timing, "preprocess", preprocess, [image], runtime.card)
-    result = await runtime.infer(batch)
-    timing.add("queue", result.queue_ms)
-    timing.add("inference", result.run_ms)
+    result = await runtime.infer(batch, timing)
     (detections,) = await in_thread(
         timing,
         "postprocess",

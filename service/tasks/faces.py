@@ -338,9 +338,7 @@ async def detect_faces(
     settings = DetectorSettings.from_card(runtime.card)
     spec = runtime.card.preprocess
     tensor, geometry = await in_thread(timing, "preprocess", detect_preprocess, image, spec)
-    result = await runtime.infer(tensor)
-    timing.add("queue", result.queue_ms)
-    timing.add("detect", result.run_ms)
+    result = await runtime.infer(tensor, timing, "detect")
     started = time.perf_counter()
     outputs = {n: o[0] for n, o in zip(runtime.output_names, result.outputs, strict=True)}
     h, w = tensor.shape[2:] if spec.layout == "NCHW" else tensor.shape[1:3]
@@ -372,11 +370,8 @@ async def embed_faces(
     batch = await in_thread(timing, "align", prepare)
     step = runtime.max_batch
     results = await asyncio.gather(
-        *(runtime.infer(batch[i : i + step]) for i in range(0, len(batch), step))
+        *(runtime.infer(batch[i : i + step], timing, "embed") for i in range(0, len(batch), step))
     )
-    for r in results:
-        timing.add("queue", r.queue_ms)
-        timing.add("embed", r.run_ms)
     return l2_normalize(np.concatenate([r.outputs[0] for r in results]).reshape(len(batch), -1))
 
 

@@ -235,9 +235,7 @@ async def segment(
 ) -> SegmentResult:
     resize = GraphResize.of(runtime.card)
     tensor, geometry = await in_thread(timing, "preprocess", preprocess, image, resize)
-    result = await runtime.infer(tensor)
-    timing.add("queue", result.queue_ms)
-    timing.add("inference", result.run_ms)
+    result = await runtime.infer(tensor, timing)
     instances = await in_thread(
         timing, "postprocess", postprocess, result.outputs, geometry, options
     )

@@ -54,6 +54,9 @@ class Recipe:
     dropout: float = 0.2
     patience: int = 4
     train_flips: tuple[str, ...] = ("h",)  # each adds a cached pass over the training cells
+    # auto: bfloat16 autocast where the CPU has it natively (about 2x faster), else fp32; the
+    # card's fine_tuning.precision says which this build used. The ONNX is fp32 either way.
+    precision: str = "auto"
     train_per_class: int | None = None
     eval_per_class: int | None = None  # val and test: quick runs only
     seed: int = 0
@@ -228,6 +231,7 @@ def finetune_config(variant: str, recipe: Recipe, data: Path, run_dir: Path, out
         augment=False,  # random crops can cut a defect out; the mirrored copies stand in
         cache_views=1,
         cache_mb=8192,
+        precision=recipe.precision,
         run_dir=run_dir,
         models_dir=out,
         loop=LoopConfig(

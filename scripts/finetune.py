@@ -74,6 +74,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="augmented views per image kept of the frozen activations",
     )
     p.add_argument("--cache-mb", type=int, default=2048, help="0: never cache activations")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="bf16: bfloat16 autocast, about 2x faster on CPUs with AVX512-BF16 or AMX and "
+        "slower without; auto: bf16 where the CPU has it. The exported ONNX is fp32 either way",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         flip=not args.no_flip,
         cache_views=args.cache_views,
         cache_mb=args.cache_mb,
+        precision=args.precision,
         balance=args.balance,
         run_dir=args.run_dir,
         models_dir=args.models_dir,

@@ -24,8 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, shared 
 CLASSES = ["apple", "banana", "cherry"]
 
 
-
-
 COLOURS = {"apple": (200, 40, 40), "banana": (230, 210, 60), "cherry": (120, 0, 60)}
 
 
@@ -188,3 +186,34 @@ def test_early_stopping_keeps_the_best_epoch(photos: Path, tmp_path: Path) -> No
     assert summary["best_epoch"] == 1 and summary["class_balanced"] is True
     h = summary["history"]
     assert h[0]["val_loss"] == h[1]["val_loss"] and h[0]["val_acc"] == h[1]["val_acc"]
+
+
+def test_bf16_autocast_trains_differently_and_exports_an_fp32_graph(
+    photos: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    args = ("--strategy", "partial", "--unfreeze", "2", "--seed", "3")
+    assert run(photos, tmp_path / "fp32", *args) == 0
+    assert run(photos, tmp_path / "bf16", *args, "--precision", "bf16", export=True) == 0
+    fp32, bf16 = _weights(tmp_path / "fp32"), _weights(tmp_path / "bf16")
+    floats = [v for v in bf16.values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float32 for v in floats)  # autocast keeps fp32 weights
+    assert not torch.equal(fp32["head.6.weight"], bf16["head.6.weight"])  # autocast was on
+    # the frozen activations are cached per precision: the bf16 run computed its own
+    names = {p.name.split("-", 2)[2] for p in (tmp_path / "fp32/run/cache").glob("*.pt")}
+    assert names and names.isdisjoint(
+        p.name.split("-", 2)[2] for p in (tmp_path / "bf16/run/cache").glob("*.pt")
+    )
+
+    card = read_card(tmp_path / "bf16" / "models" / "fruit").card
+    assert card.source["fine_tuning"]["precision"] == "bf16"
+    assert card.export["parity_vs_torch"]["max_abs_diff"] < 1e-4
+    graph = onnx.load(str(tmp_path / "bf16" / "models" / "fruit" / "model.onnx")).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    kinds = {i.data_type for i in graph.initializer}
+    assert onnx.TensorProto.FLOAT in kinds
+    assert not kinds & {onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16}
+    summary = json.loads((tmp_path / "bf16" / "run" / "summary.json").read_text())
+    # validation ran under bf16 in torch; the fp32 ONNX graph lands within one of 6 images
+    assert abs(summary["val_accuracy_onnx"] - summary["val"]["accuracy"]) <= 1 / 6 + 1e-9

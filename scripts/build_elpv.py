@@ -358,10 +358,12 @@ def _write_card(
 
 def full_epoch_minutes(recipe: Recipe, train_images: int, batch: int = 8) -> float:
     """Minutes one epoch of `full` fine-tuning (all 13 convs + head) would take on this CPU,
-    from the fastest of two timed steps on random input: measured, not trained."""
+    at the recipe's precision, from the fastest of two timed steps on random input: measured,
+    not trained."""
     import torch
 
     from scripts.exporters.classify import build_classifier
+    from scripts.training import precision
 
     model = build_classifier("vgg16", 2, head="gap", hidden=recipe.hidden)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -371,7 +373,9 @@ def full_epoch_minutes(recipe: Recipe, train_images: int, batch: int = 8) -> flo
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with precision.autocast(precision.resolve(recipe.precision)):
+            logits = model(x).float()
+        loss = torch.nn.functional.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()

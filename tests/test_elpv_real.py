@@ -1,7 +1,7 @@
 """The real ELPV set (the elpv-dataset wheel that scripts/build_models.py fetched) and a CI-sized
 `vgg16-elpv` trained from the real VGG16 weights by scripts/build_elpv.py --quick, then served.
 
-The full model (python scripts/build_elpv.py, ~15-20 minutes on 2 CPU cores) is not built
+The full model (python scripts/build_elpv.py, ~8 minutes on 2 CPU cores with bf16) is not built
 here; its test figures are in its card and the README."""
 
 from __future__ import annotations

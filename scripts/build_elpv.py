@@ -93,6 +93,7 @@ CODE = [
     "scripts/training/data.py",
     "scripts/training/features.py",
     "scripts/training/loop.py",
+    "scripts/training/precision.py",
     "scripts/training/sources.py",
     "scripts/training/strategies.py",
     "scripts/exporters/classify.py",

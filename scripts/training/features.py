@@ -87,8 +87,8 @@ class ActivationCache:
     def get(self, split: str, samples: list[Sample], view: int) -> torch.Tensor:
         """(N, C, h, w) activations of `samples`; view 0 clean, view > 0 augmented with a
         seed fixed by (seed, view), so a rebuild gives the same values."""
-        parts = {**self.identity, "pool": self.pool, "view": view, "seed": self.seed}
-        key = _key(parts | {"precision": self.precision}, samples)
+        parts = {"pool": self.pool, "view": view, "seed": self.seed, "precision": self.precision}
+        key = _key(self.identity | parts, samples)
         if key in self._memory:
             return self._memory[key]
         path = self.folder / f"{split}-v{view}-{key}.pt" if self.folder else None

@@ -90,6 +90,7 @@ class Prepared:
     transforms: Transforms
     identity: dict[str, Any]  # what the frozen activations depend on (cache key)
     head: dict[str, Any]  # the checkpoint's "head" entry, as scripts/export.py reads it
+    precision: str  # cfg.precision resolved: fp32 | bf16 (autocast for caching and training)
 
 
 def prepare(cfg: FinetuneConfig) -> Prepared:
@@ -125,7 +126,8 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
     }
     transforms = Transforms(preprocess, augment=cfg.augment, flip=cfg.flip)
     head = {"type": "gap", "hidden": cfg.hidden, "dropout": cfg.dropout}
-    return Prepared(ds, pretrained, preprocess, model, transforms, identity, head)
+    mode = precision.resolve(cfg.precision)
+    return Prepared(ds, pretrained, preprocess, model, transforms, identity, head, mode)
 
 
 def decide(
@@ -151,7 +153,7 @@ def decide(
         batch_size=cfg.loop.batch_size,
         seed=cfg.loop.seed,
         quiet=cfg.loop.quiet,
-        precision=precision.resolve(cfg.precision),
+        precision=p.precision,
     )
     ds = p.ds
     acc = linear_probe(
@@ -211,7 +213,7 @@ def _card_source(
             "val_accuracy": state.best_acc,
             "epochs_run": state.epoch,
             "seed": cfg.loop.seed,
-            "precision": precision.resolve(cfg.precision),
+            "precision": p.precision,
         },
     }
 
@@ -257,13 +259,12 @@ def _evaluate_best(
     split: strategies.Split,
     source: CachedSource | ImageSource,
     run_dir: Path,
-    mode: str,
 ) -> dict[str, Any]:
     """Load best.pt into the model and measure it on the validation set."""
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     p.model.load_state_dict(best["state_dict"])
     p.model.eval()
-    _, _, pred, true = evaluate(split.trainable, source, mode)
+    _, _, pred, true = evaluate(split.trainable, source, p.precision)
     val = report.metrics(true.numpy(), pred.numpy(), p.ds.classes)
     val["misclassified"] = [
         {"path": str(s.path), "true": p.ds.classes[s.label], "predicted": p.ds.classes[int(k)]}
@@ -291,13 +292,14 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     balanced = cfg.balance == "on" or (cfg.balance == "auto" and is_skewed(counts))
     if balanced:
         print(f"class-balanced sampling on (train counts {counts})")
-    mode = precision.resolve(cfg.precision)
-    if mode != "fp32":
-        print(f"precision: {mode} autocast for training and cached activations (export: fp32)")
-    loop_cfg = LoopConfig(**{**asdict(cfg.loop), "balanced": balanced, "precision": mode})
+    if p.precision != "fp32":
+        print(
+            f"precision: {p.precision} autocast for training and cached activations (export: fp32)"
+        )
+    loop_cfg = LoopConfig(**{**asdict(cfg.loop), "balanced": balanced, "precision": p.precision})
 
     t_cache = time.perf_counter()
-    source, cached = _source(cfg, p, split, run_dir, probe_cache, mode)
+    source, cached = _source(cfg, p, split, run_dir, probe_cache)
     cache_seconds = time.perf_counter() - t_cache
     plan = {"strategy": decision.strategy, "reason": decision.reason, "probe": probe}
     plan["config"] = json.loads(json.dumps(asdict(cfg), default=str))
@@ -326,7 +328,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "best_epoch": state.best_epoch,
         "stopped_early": state.stopped_early,
         "dataset": p.ds.summary(),
-        "val": _evaluate_best(p, split, source, run_dir, mode),
+        "val": _evaluate_best(p, split, source, run_dir),
         "history": state.history,
         "preprocess": p.preprocess,
         "seconds": {
@@ -368,7 +370,6 @@ def _source(
     split: strategies.Split,
     run_dir: Path,
     probe_cache: ActivationCache | None,
-    mode: str,
 ) -> tuple[CachedSource | ImageSource, bool]:
     """Cached activations below the first trainable block when there is a frozen part and
     they fit in cfg.cache_mb; else images through the frozen blocks every epoch."""
@@ -379,7 +380,7 @@ def _source(
         split.frozen,
         bs,
         cfg.workers,
-        mode,
+        p.precision,
     )
     if split.first == 0 or cfg.cache_mb <= 0:
         return images, False
@@ -396,7 +397,7 @@ def _source(
             batch_size=bs,
             seed=cfg.loop.seed,
             quiet=cfg.loop.quiet,
-            precision=mode,
+            precision=p.precision,
         )
     views = cfg.cache_views if cfg.augment else 1
     need = cache.bytes_per_image(ds.train[0]) * (views * len(ds.train) + len(ds.val))

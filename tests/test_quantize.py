@@ -52,6 +52,17 @@ def run(session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {session.get_inputs()[0].name: batch})[0])
 
 
+def fp32_and_int8_outputs(
+    models: Path, name: str, images: list[DecodedImage]
+) -> tuple[np.ndarray, np.ndarray]:
+    """models/name and models/name-int8 run on the same batch, preprocessed per name's card."""
+    card = read_card(models / name).card
+    batch = np.concatenate(tensors(card, images))
+    fp32 = ort.InferenceSession(str(models / name / "model.onnx"))
+    int8 = ort.InferenceSession(str(models / f"{name}-int8" / "model.onnx"))
+    return run(fp32, batch), run(int8, batch)
+
+
 def with_int8_copy(models: Path, name: str) -> Path:
     """Quantise models/name into models/name-int8 (synthetic calibration, 2 timing runs)."""
     card = read_card(models / name).card
@@ -123,12 +134,8 @@ def test_the_graph_is_really_quantised(int8_classifier, int8_detector, folder):
 
 
 def test_classifier_outputs_stay_close_to_fp32(int8_classifier):
-    card = read_card(int8_classifier / "tiny-cls").card
-    fp32 = ort.InferenceSession(str(int8_classifier / "tiny-cls" / "model.onnx"))
-    int8 = ort.InferenceSession(str(int8_classifier / "tiny-cls-int8" / "model.onnx"))
     # fresh images (seed 0 draws 16 for calibration; these are the next 16 of the same kind)
-    batch = np.concatenate(tensors(card, smooth_images(32)[16:]))
-    want, got = run(fp32, batch), run(int8, batch)
+    want, got = fp32_and_int8_outputs(int8_classifier, "tiny-cls", smooth_images(32)[16:])
     spread = float(want.max() - want.min())
     assert spread > 0.05, "degenerate fixture: logits barely vary"
     per_image = np.abs(got - want).max(axis=1)
@@ -142,11 +149,7 @@ def test_classifier_outputs_stay_close_to_fp32(int8_classifier):
 
 
 def test_detector_outputs_stay_close_to_fp32_and_its_head_stays_float(int8_detector):
-    card = read_card(int8_detector / "tiny-yolo").card
-    fp32 = ort.InferenceSession(str(int8_detector / "tiny-yolo" / "model.onnx"))
-    int8 = ort.InferenceSession(str(int8_detector / "tiny-yolo-int8" / "model.onnx"))
-    batch = np.concatenate(tensors(card, smooth_images(20)[16:]))
-    want, got = run(fp32, batch), run(int8, batch)
+    want, got = fp32_and_int8_outputs(int8_detector, "tiny-yolo", smooth_images(20)[16:])
     assert want.shape == got.shape == (4, 960, 5 + len(LABELS))
     # boxes in input pixels (64x64 input), then probabilities: each on its own scale
     assert np.abs(got[..., :4] - want[..., :4]).max() <= 3.0

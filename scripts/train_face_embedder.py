@@ -34,6 +34,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # `python scripts/train_face_embedder.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts import hotload  # noqa: E402
 from scripts.exporters.faces import EmbeddingTower, embedder_postprocess, export_embedder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -494,6 +495,7 @@ def main(argv: list[str] | None = None) -> TrainResult | None:
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    hotload.add_arguments(t)
 
     a = sub.add_parser("align", help="raw photos -> aligned crops for training")
     a.add_argument("raw", type=Path)
@@ -509,7 +511,9 @@ def main(argv: list[str] | None = None) -> TrainResult | None:
 
     args = parser.parse_args(argv)
     if args.command == "train":
-        return train(args)
+        result = train(args)
+        hotload.after_export(args, args.name, result.model_dir)
+        return result
     if args.command == "align":
         print(f"{align_dataset(args.raw, args.out, args.detector, args.size)} crops written")
     else:

@@ -11,7 +11,8 @@
 
 Without --val-coco, --val-fraction of the images are held out. Checkpoints go to --out
 (last.pt every epoch, best.pt by validation mask IoU); Ctrl-C saves last.pt, --resume goes on.
---export NAME writes models/NAME (model.onnx + model.json) from best.pt when training ends.
+--export NAME writes models/NAME (model.onnx + model.json) from best.pt when training ends, and
+prints the call that hot-loads it into a running service (--load-into URL makes it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ if __package__ in (None, ""):  # `python scripts/train_segmenter.py`
 
 import torch  # noqa: E402
 
+from scripts import hotload  # noqa: E402
 from scripts.segmentation.data import CocoInstances, load_coco, split_ids  # noqa: E402
 from scripts.segmentation.engine import TrainResult, TrainSettings, train  # noqa: E402
 from scripts.segmentation.models import (  # noqa: E402
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> TrainResult:
         f"best validation: {result.best.as_dict() if result.best else 'n/a'}"
     )
     if args.export and not result.interrupted:
-        export_best(args.out / "best.pt", args.export, args.models_dir, val_set, result)
+        folder = export_best(args.out / "best.pt", args.export, args.models_dir, val_set, result)
+        hotload.after_export(args, args.export, folder)
     return result
 
 
@@ -194,11 +197,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--export", metavar="NAME", help="export best.pt to --models-dir/NAME")
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.set_defaults(describe_data=None)
+    hotload.add_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.load_into and not args.export:
+        p.error("--load-into needs --export NAME")
     started = time.perf_counter()
     result = run(args)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min")

@@ -68,6 +68,30 @@ class ModelNotFound(ServiceError):
     code = "model_not_found"
 
 
+class ModelFailed(ServiceError):
+    """The model is installed but refused at load (bad card or file): never served."""
+
+    status_code = 409
+    code = "model_failed"
+
+
+class LoadFailed(ServiceError):
+    """A repository load whose model did not pass validation; the message says which field."""
+
+    status_code = 400
+    code = "load_failed"
+
+
+class ModelControlDisabled(ServiceError):
+    status_code = 409
+    code = "model_control_disabled"
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
 class Overloaded(ServiceError):
     status_code = 429
     code = "overloaded"
@@ -98,13 +122,23 @@ def error_response(
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.errors.labels(code).inc()
-    body = {"error": {"code": code, "message": message, "request_id": rid}}
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    return JSONResponse(
+        error_body(request.url.path, code, message, rid), status_code=status_code, headers=headers
+    )
+
+
+def error_body(path: str, code: str, message: str, request_id: str) -> dict[str, Any]:
+    """The one error shape; under /v2 the Open Inference Protocol's, whose `error` is the
+    message itself (what tritonclient and the kserve SDK read), with our code and id beside."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return {"error": message, "code": code, "request_id": request_id}
+    return {"error": {"code": code, "message": message, "request_id": request_id}}
 
 
 _HTTP_CODES = {
     400: "invalid_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -157,8 +191,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = str(exc.detail)
-        log.info("request %s rejected: %s %s: %s", request_id_of(request), exc.status_code,
-                 code, message)
+        log.info(
+            "request %s rejected: %s %s: %s", request_id_of(request), exc.status_code, code, message
+        )
         return error_response(request, exc.status_code, code, message, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)

@@ -87,13 +87,58 @@ class Metrics:
             ["model", "task", "provider"],
             registry=r,
         )
+        self.loads = Counter(
+            "iis_model_loads", "Model version loads by outcome", ["model", "outcome"], registry=r
+        )
+        self.load_failures = Counter(
+            "iis_model_load_failures",
+            "Refused model loads by the field that failed (postprocess.activation, model.onnx)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.unloads = Counter(
+            "iis_model_unloads", "Model versions unloaded", ["model"], registry=r
+        )
+        self.load_phase = Histogram(
+            "iis_model_load_phase_seconds",
+            "Time of each load phase: session, warmup (with its checks), golden",
+            ["phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def observe_stages(self, endpoint: str, steps_ms: dict[str, float]) -> None:
         for stage, ms in steps_ms.items():
             self.stages.labels(endpoint, stage).observe(ms / 1000)
 
+    def model_loaded(self, runtime: ModelRuntime) -> None:
+        self.loads.labels(runtime.name, "loaded").inc()
+        self.load_phase.labels("session").observe(runtime.load_ms / 1000)
+        self.load_phase.labels("warmup").observe(runtime.warmup_ms / 1000)
+        self.load_phase.labels("golden").observe(runtime.check_ms / 1000)
+
+    def model_failed(self, name: str, field: str) -> None:
+        self.loads.labels(name, "failed").inc()
+        self.load_failures.labels(name, field).inc()
+
+    def model_unloaded(self, name: str) -> None:
+        self.unloads.labels(name).inc()
+
+    def untrack_model(self, name: str) -> None:
+        """Drop a model's per-model series (and the closures that hold its runtime)."""
+        for metric in (self.queue_depth, self.load, self.warmup):
+            try:
+                metric.remove(name)
+            except KeyError:
+                pass
+        for labels in [k for k in self.info._metrics if k and k[0] == name]:
+            self.info.remove(*labels)
+
     def track_model(self, runtime: ModelRuntime) -> None:
+        """Point a model's series at the runtime now serving it (the newest ready version)."""
         name = runtime.name
+        for labels in [k for k in self.info._metrics if k and k[0] == name]:
+            self.info.remove(*labels)
         self.load.labels(name).set(runtime.load_ms / 1000)
         self.warmup.labels(name).set(runtime.warmup_ms / 1000)
         self.info.labels(name, runtime.card.task, runtime.active_providers[0]).set(1)

@@ -11,7 +11,9 @@ from collections.abc import Iterable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import error_body
 from service.metrics import metrics_of
+from service.runtime import ModelRuntime, request_leases
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -93,9 +95,7 @@ async def send_error(
     metrics = metrics_of(scope)
     if metrics is not None:
         metrics.errors.labels(code).inc()
-    body = json.dumps(
-        {"error": {"code": code, "message": message, "request_id": request_id}}
-    ).encode()
+    body = json.dumps(error_body(scope.get("path", ""), code, message, request_id)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -112,7 +112,13 @@ async def send_error(
 
 class ApiKeyMiddleware:
     """When keys are configured, every path but the open ones needs `X-API-Key: <key>` or
-    `Authorization: Bearer <key>`. Keys are compared in constant time and never logged."""
+    `Authorization: Bearer <key>`. Keys are compared in constant time and never logged.
+
+    Two scopes: inference keys (`keys`) call every route but the repository's; admin keys
+    (`admin_keys`) call everything, including `/v2/repository/...`, which changes what the
+    server runs. With keys configured and no admin key, the repository cannot be changed."""
+
+    ADMIN_PREFIX = "/v2/repository"
 
     OPEN_PATHS = frozenset(
         {
@@ -127,9 +133,10 @@ class ApiKeyMiddleware:
         }
     )
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: Iterable[str], admin_keys: Iterable[str] = ()) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        self.admin_keys = [k.encode() for k in admin_keys]
 
     def _presented(self, scope: Scope) -> bytes | None:
         headers = dict(scope.get("headers", ()))
@@ -141,15 +148,30 @@ class ApiKeyMiddleware:
             return token.strip()
         return None
 
-    def _accepted(self, key: bytes) -> bool:
+    @staticmethod
+    def _matches(key: bytes, keys: list[bytes]) -> bool:
         # compare against every key so the time taken does not reveal which one matched
-        matches = [hmac.compare_digest(key, k) for k in self.keys]
+        matches = [hmac.compare_digest(key, k) for k in keys]
         return any(matches)
+
+    def _accepted(self, key: bytes) -> bool:
+        return self._matches(key, self.keys) or self._matches(key, self.admin_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
+            scope["type"] == "http"
+            and (self.keys or self.admin_keys)
+            and scope["method"] != "OPTIONS"
+            and (
+                scope["path"] == self.ADMIN_PREFIX
+                or scope["path"].startswith(self.ADMIN_PREFIX + "/")
+            )
+        ):
+            await self._admin_only(scope, receive, send)
+            return
+        if (
             scope["type"] != "http"
-            or not self.keys
+            or not (self.keys or self.admin_keys)
             or scope["path"] in self.OPEN_PATHS
             or scope["path"].startswith("/docs/assets/")
             or scope["method"] == "OPTIONS"  # CORS preflight carries no credentials
@@ -165,5 +187,52 @@ class ApiKeyMiddleware:
             if key is None
             else "the API key is not valid"
         )
-        challenge = (b"www-authenticate", b'Bearer realm="image-inference-service"')
-        await send_error(scope, send, 401, "unauthorized", message, [challenge])
+        await send_error(scope, send, 401, "unauthorized", message, [_CHALLENGE])
+
+    async def _admin_only(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = self._presented(scope)
+        if key is not None and self._matches(key, self.admin_keys):
+            await self.app(scope, receive, send)
+            return
+        if key is None or not self._matches(key, self.keys):
+            message = (
+                "missing API key: the model repository needs an admin key (X-API-Key or "
+                "Authorization: Bearer)"
+                if key is None
+                else "the API key is not valid"
+            )
+            await send_error(scope, send, 401, "unauthorized", message, [_CHALLENGE])
+            return
+        message = (
+            "this key may run inference but not change the model repository; use an admin key "
+            "(IIS_ADMIN_API_KEYS)"
+            if self.admin_keys
+            else "the model repository cannot be changed: no admin key is configured "
+            "(IIS_ADMIN_API_KEYS)"
+        )
+        await send_error(scope, send, 403, "forbidden", message)
+
+
+_CHALLENGE = (b"www-authenticate", b'Bearer realm="image-inference-service"')
+
+
+class LeaseMiddleware:
+    """Gives each request a list in which ModelRegistry.get records the model runtimes it
+    uses, and releases them once the response is sent: a replaced model version is closed only
+    after the last request holding it has finished."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: list[ModelRuntime] = []
+        token = request_leases.set(held)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_leases.reset(token)
+            for runtime in held:
+                runtime.release()

@@ -3,11 +3,13 @@ warm-up before ready, one micro-batcher per model."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import ctypes
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -16,8 +18,9 @@ import numpy as np
 import onnxruntime as ort
 
 from service.batching import BatchResult, MicroBatcher, RunFn
-from service.cards import LoadedCard, ModelCard
-from service.errors import ModelNotFound, ModelUnavailable
+from service.cards import CardError, LoadedCard, ModelCard
+from service.checks import check_outputs, check_signature, compare_golden, load_golden
+from service.errors import ModelUnavailable
 from service.settings import Settings
 from service.timing import Timing
 
@@ -180,11 +183,51 @@ class ModelRuntime:
     timeout_s: float | None = None
     load_ms: float = 0.0
     warmup_ms: float = 0.0
+    check_ms: float = 0.0
     ready: bool = False
+    version: int = 1
+    folder: Path | None = None
+    # Requests holding this runtime (taken by ModelRegistry.get, given back when the response
+    # is sent): a replaced version closes only once the last one is done.
+    leases: int = 0
+    _idle: asyncio.Event | None = None
 
     @property
     def name(self) -> str:
         return self.card.name
+
+    @property
+    def ref(self) -> str:
+        return f"{self.card.name}@{self.version}"
+
+    def acquire(self) -> None:
+        self.leases += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def release(self) -> None:
+        self.leases -= 1
+        if self.leases <= 0 and self._idle is not None:
+            self._idle.set()
+
+    async def retire(self, grace_s: float) -> None:
+        """Stop serving: wait (up to grace_s) for the requests holding it, drain its queue,
+        then close the batcher and drop the session so its memory goes back."""
+        self.ready = False
+        if self.leases > 0:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+            except TimeoutError:
+                log.warning(
+                    "model %s: %d requests still running after %.0f s; closing",
+                    self.ref,
+                    self.leases,
+                    grace_s,
+                )
+        await self.batcher.close(drain_timeout=grace_s)
+        self.session = None
+        self.runner = _closed_runner
 
     @property
     def fell_back(self) -> bool:
@@ -219,6 +262,7 @@ class ModelRuntime:
             providers["trt_fp16"] = self.trt_fp16
         return {
             "card": self.card.model_dump(mode="json"),
+            "version": self.version,
             "ready": self.ready,
             "providers": providers,
             "batching": {
@@ -231,7 +275,18 @@ class ModelRuntime:
             },
             "load_ms": round(self.load_ms, 1),
             "warmup_ms": round(self.warmup_ms, 1),
+            "check_ms": round(self.check_ms, 1),
         }
+
+
+def _closed_runner(tensor: np.ndarray) -> list[np.ndarray]:
+    raise ModelUnavailable("model was unloaded", headers={"Retry-After": "1"})
+
+
+# The runtimes one HTTP request holds; set per request by LeaseMiddleware.
+request_leases: contextvars.ContextVar[list[ModelRuntime] | None] = contextvars.ContextVar(
+    "request_leases", default=None
+)
 
 
 def _run_session(
@@ -299,8 +354,9 @@ def _has_dynamic_image_size(card: ModelCard) -> bool:
     return False
 
 
-def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
-    """Create the session with explicit providers and check which ones actually started."""
+def load_model(loaded: LoadedCard, settings: Settings, version: int | None = None) -> ModelRuntime:
+    """Create the session with explicit providers and check which ones actually started; the
+    card must agree with the graph (CardError otherwise, as for anything onnxruntime refuses)."""
     card = loaded.card
     requested = choose_providers(
         settings.device,
@@ -326,11 +382,16 @@ def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
     cache_dir = loaded.onnx_path.parent / ".trt-cache"
     profile = trt_profile(card, settings.max_batch)
     started = time.perf_counter()
-    session = ort.InferenceSession(
-        str(loaded.onnx_path),
-        sess_options=options,
-        providers=[(p, provider_options(p, settings, cache_dir, profile)) for p in requested],
-    )
+    try:
+        session = ort.InferenceSession(
+            str(loaded.onnx_path),
+            sess_options=options,
+            providers=[(p, provider_options(p, settings, cache_dir, profile)) for p in requested],
+        )
+    except Exception as exc:  # onnxruntime raises its own types for every kind of bad file
+        reason = str(exc).replace(str(loaded.onnx_path.parent), "<model folder>")
+        raise CardError("model.onnx", f"onnxruntime cannot load it: {reason[:500]}") from None
+    check_signature(card, session.get_inputs(), session.get_outputs())
     active = list(session.get_providers())
     if requested[0] != CPU and active[0] != requested[0]:
         log.warning(
@@ -372,61 +433,50 @@ def load_model(loaded: LoadedCard, settings: Settings) -> ModelRuntime:
         trt_fp16=settings.trt_fp16,
         timeout_s=settings.request_timeout_s,
         load_ms=(time.perf_counter() - started) * 1000,
+        version=version if version is not None else card.version,
+        folder=loaded.onnx_path.parent,
     )
 
 
+def _named(runtime: ModelRuntime, outputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    return dict(zip(runtime.output_names, outputs, strict=True))
+
+
+def _run_checked(runtime: ModelRuntime, tensor: np.ndarray) -> list[np.ndarray]:
+    try:
+        return runtime.run(tensor)
+    except Exception as exc:  # the graph fails on an input of its own declared shape
+        raise CardError(
+            "model.onnx", f"fails on a {list(tensor.shape)} input: {str(exc)[:300]}"
+        ) from None
+
+
 def warm_up(runtime: ModelRuntime, runs: int) -> None:
-    """Run the batch sizes the batcher will use so the first client pays no allocation cost."""
+    """Run the batch sizes the batcher will use so the first client pays no allocation cost,
+    checking what comes out (finite, the shapes the task reads): CardError otherwise."""
     started = time.perf_counter()
     sizes = warmup_batch_sizes(runtime.active_providers, runtime.max_batch)
-    for _ in range(runs):
+    for i in range(max(runs, 1)):
         for batch in sizes:
-            runtime.run(_dummy_input(runtime.card, runtime.session, batch))
+            outputs = _run_checked(runtime, _dummy_input(runtime.card, runtime.session, batch))
+            if i == 0:
+                check_outputs(runtime.card, _named(runtime, outputs), batch)
     runtime.warmup_ms = (time.perf_counter() - started) * 1000
 
 
-@dataclass
-class ModelRegistry:
-    """All models the service loaded, and the default one per task."""
-
-    models: dict[str, ModelRuntime] = field(default_factory=dict)
-    defaults: dict[str, str] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-    loading: bool = True
-
-    def get(self, task: str, name: str | None) -> ModelRuntime:
-        if name is None:
-            name = self.defaults.get(task)
-            if name is None:
-                if self.loading:
-                    raise ModelUnavailable("models are still loading", headers={"Retry-After": "2"})
-                raise ModelNotFound(f"no {task} model is installed on this server")
-        runtime = self.models.get(name)
-        if runtime is None or runtime.card.task != task:
-            choices = sorted(n for n, m in self.models.items() if m.card.task == task)
-            if name in self.failed:
-                raise ModelUnavailable(f"model {name} failed to load; see server logs")
-            raise ModelNotFound(
-                f"no {task} model named {name!r}; available: {', '.join(choices) or 'none'}"
-            )
-        return runtime
-
-    @property
-    def ready(self) -> bool:
-        return (
-            not self.loading
-            and bool(self.defaults)
-            and all(self.models[n].ready for n in self.defaults.values())
-        )
-
-
-def pick_defaults(cards: Sequence[ModelCard], preferred: Sequence[str]) -> dict[str, str]:
-    """task -> model name: the preferred names first, else the first card per task by name."""
-    defaults: dict[str, str] = {}
-    by_name = {c.name: c for c in cards}
-    for name in preferred:
-        if name in by_name:
-            defaults.setdefault(by_name[name].task, name)
-    for card in sorted(cards, key=lambda c: c.name):
-        defaults.setdefault(card.task, card.name)
-    return defaults
+def check_golden(runtime: ModelRuntime) -> None:
+    """Replay the card's golden example, if it has one: CardError when the answer differs."""
+    card = runtime.card
+    if card.golden is None or runtime.folder is None:
+        return
+    started = time.perf_counter()
+    x, expected = load_golden(runtime.folder / card.golden.file, card)
+    meta = runtime.session.get_inputs()[0]
+    fixed = [d for d in meta.shape[1:]]
+    if len(fixed) != x.ndim - 1 or any(
+        isinstance(d, int) and d != n for d, n in zip(fixed, x.shape[1:], strict=True)
+    ):
+        raise CardError("golden", f"input {list(x.shape)} does not fit the graph's {meta.shape}")
+    got = _named(runtime, _run_checked(runtime, x))
+    compare_golden(card, got, expected)
+    runtime.check_ms = (time.perf_counter() - started) * 1000

@@ -20,6 +20,7 @@ class ClassPrediction(BaseModel):
 
 class ClassifyResponse(BaseModel):
     model: str
+    model_version: int = Field(1, description="The version of `model` that answered.")
     predictions: list[ClassPrediction]
     image: ImageInfo
     timing_ms: dict[str, float] = Field(
@@ -86,16 +87,22 @@ class VerifyFacesResponse(BaseModel):
                             "box": [371.08, 90.13, 609.99, 419.1],
                             "score": 0.9465,
                             "landmarks": [
-                                [439.1, 214.77], [553.98, 214.07], [494.98, 268.12],
-                                [440.57, 318.46], [546.67, 320.31],
+                                [439.1, 214.77],
+                                [553.98, 214.07],
+                                [494.98, 268.12],
+                                [440.57, 318.46],
+                                [546.67, 320.31],
                             ],
                         },
                         "b": {
                             "box": [201.11, 229.54, 476.32, 632.88],
                             "score": 0.9515,
                             "landmarks": [
-                                [245.7, 375.46], [369.13, 385.24], [277.34, 456.34],
-                                [244.28, 522.54], [349.77, 532.04],
+                                [245.7, 375.46],
+                                [369.13, 385.24],
+                                [277.34, 456.34],
+                                [244.28, 522.54],
+                                [349.77, 532.04],
                             ],
                         },
                     },
@@ -105,8 +112,14 @@ class VerifyFacesResponse(BaseModel):
                         "b": {"width": 626, "height": 1200},
                     },
                     "timing_ms": {
-                        "decode": 35.7, "preprocess": 22.9, "queue": 17.2, "detect": 29.1,
-                        "postprocess": 1.6, "align": 6.0, "embed": 44.7, "total": 108.9,
+                        "decode": 35.7,
+                        "preprocess": 22.9,
+                        "queue": 17.2,
+                        "detect": 29.1,
+                        "postprocess": 1.6,
+                        "align": 6.0,
+                        "embed": 44.7,
+                        "total": 108.9,
                     },
                 }
             ]
@@ -120,6 +133,7 @@ class EmbeddedFace(DetectedFace):
 
 class FaceEmbedResponse(BaseModel):
     model: str
+    model_version: int = Field(1, description="The version of `model` that answered.")
     detector: str
     faces: list[EmbeddedFace] = Field(description="Every face found, best score first.")
     image: ImageInfo
@@ -142,6 +156,7 @@ class Detection(BaseModel):
 
 class DetectResponse(BaseModel):
     model: str
+    model_version: int = Field(1, description="The version of `model` that answered.")
     detections: list[Detection] = Field(description="Best score first, after class-wise NMS.")
     image: ImageInfo
     timing_ms: dict[str, float] = Field(
@@ -206,6 +221,7 @@ class SegmentInstance(BaseModel):
 
 class SegmentResponse(BaseModel):
     model: str
+    model_version: int = Field(1, description="The version of `model` that answered.")
     instances: list[SegmentInstance] = Field(description="Best first.")
     image: ImageInfo
     timing_ms: dict[str, float]
@@ -250,14 +266,45 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: str = Field(description="ready | loading | degraded")
     models: dict[str, bool] = Field(description="model name -> loaded and warmed up")
-    failed: dict[str, str] = Field(default_factory=dict)
+    failed: dict[str, str] = Field(
+        default_factory=dict, description="name@version -> why it is not served"
+    )
+    pending: list[str] = Field(
+        default_factory=list,
+        description="models still being built (IIS_EXPECTED_MODELS) that are not ready yet",
+    )
+
+
+class ModelVersionState(BaseModel):
+    name: str
+    version: int
+    state: str = Field(description="loading | ready | unloading | failed | unloaded")
+    reason: str = Field(description="why it failed, or why a reload was refused")
+    task: str | None
+    since: float = Field(description="Unix time of the last state change")
 
 
 class ModelsResponse(BaseModel):
     defaults: dict[str, str] = Field(description="task -> default model name")
-    models: list[dict[str, Any]]
+    models: list[dict[str, Any]] = Field(description="every ready version: card, providers, ...")
+    versions: list[ModelVersionState] = Field(description="every version the server knows")
     failed: dict[str, str]
+    pending: list[str] = Field(default_factory=list)
     runtime: dict[str, Any]
+
+
+class RepositoryIndexEntry(BaseModel):
+    """One row of the Open Inference Protocol's repository index."""
+
+    name: str
+    version: str
+    state: str = Field(description="READY | LOADING | UNLOADING | UNAVAILABLE")
+    reason: str = ""
+
+
+class RepositoryLoadResponse(BaseModel):
+    name: str
+    versions: list[ModelVersionState]
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

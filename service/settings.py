@@ -82,6 +82,24 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma list of allowed browser origins; empty: off."
     )
+    model_control: Literal["none", "poll", "explicit"] = Field(
+        "explicit",
+        description="As Triton's modes. All: every model in models_dir loads at start. explicit: "
+        "/v2/repository load and unload change the set at run time. poll: also rescans "
+        "models_dir every poll_interval_s and loads, reloads or unloads what changed. none: "
+        "the set is fixed at start.",
+    )
+    poll_interval_s: float = Field(2.0, ge=0.1, le=3600, description="poll mode's rescan period.")
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma list of keys that may change the model repository (and infer). With "
+        "any key configured, inference keys cannot load or unload models.",
+    )
+    expected_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma list of models still being built: /readyz lists them as pending "
+        "until they are ready (scripts/serve.sh sets it while the segmenter trains).",
+    )
     background_load: bool = Field(
         True, description="Serve /healthz while models load; false: load before serving."
     )
@@ -89,7 +107,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
-    @field_validator("default_models", "api_keys", "cors_origins", mode="before")
+    @field_validator(
+        "default_models",
+        "api_keys",
+        "admin_api_keys",
+        "expected_models",
+        "cors_origins",
+        mode="before",
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

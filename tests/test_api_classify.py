@@ -150,10 +150,12 @@ def test_a_broken_model_is_reported_and_the_rest_serve(tiny_classifier_dir, tmp_
     (tmp_path / "broken" / "model.onnx").write_bytes(b"not onnx")
     with serve(tmp_path, default_models=["tiny-cls"]) as client:
         assert client.get("/readyz").status_code == 200
-        assert "broken" in client.get("/v1/models").json()["failed"]
+        failed = client.get("/v1/models").json()["failed"]
+        assert "model.onnx: onnxruntime cannot load it" in failed["broken@1"]
+        # the client's request is fine; the model is not: 409, never a 5xx
         assert_error(client.post("/classify?model=broken",
                                  files={"image": ("a.png", encode(noise_image(), "PNG"))}),
-                     503, "model_unavailable", "failed to load")
+                     409, "model_failed", "failed to load")
 
 
 def test_unknown_route_and_method_use_the_error_shape(classify_client):

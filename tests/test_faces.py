@@ -19,7 +19,7 @@ from scripts.exporters.faces import (
     make_batch_dynamic,
     minimal_repair,
 )
-from service.cards import ModelCard, Preprocess
+from service.cards import ModelCard, Preprocess, parse_card
 from service.errors import InvalidParameter
 from service.images import DecodedImage
 from service.preprocess import Geometry
@@ -291,7 +291,7 @@ def test_threshold_range(metric, threshold, ok):
 
 
 def embed_card(size: int = 112, thresholds: dict[str, float] | None = None) -> ModelCard:
-    return ModelCard.model_validate(
+    return parse_card(
         {
             "name": "emb",
             "task": "face-embed",

@@ -136,9 +136,9 @@ def test_training_script_end_to_end(tmp_path: Path, capsys):
     loaded = read_card(result.model_dir)
     card = loaded.card
     assert card.task == "face-embed" and card.preprocess.size == (32, 32)
-    cos = card.postprocess["thresholds"]["cosine"]
+    cos = card.postprocess.thresholds["cosine"]
     assert cos == pytest.approx(result.calibration["threshold_accuracy"])
-    assert "calibrated" in card.postprocess["threshold_source"]
+    assert "calibrated" in card.postprocess.threshold_source
     settings = EmbedderSettings.from_card(card)  # the service accepts the card
     assert settings.thresholds["euclidean"] == pytest.approx(math.sqrt(2 - 2 * cos))
     sess = ort.InferenceSession(str(loaded.onnx_path), providers=["CPUExecutionProvider"])

@@ -13,7 +13,8 @@ import pytest
 
 from service.batching import MicroBatcher
 from service.errors import Overloaded
-from service.runtime import CPU, CUDA, TENSORRT, choose_providers, pick_defaults
+from service.repository import pick_defaults
+from service.runtime import CPU, CUDA, TENSORRT, choose_providers
 from tests.helpers import ROOT
 
 GPU_WHEEL = [TENSORRT, CUDA, CPU]  # onnxruntime-gpu lists these even without a GPU

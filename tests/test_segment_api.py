@@ -95,7 +95,7 @@ def test_card_and_models_endpoint(client: TestClient, tiny_segmenter_dir: Path):
     card = read_card(tiny_segmenter_dir / "tiny-seg").card
     assert card.task == "segment" and card.labels == LABELS
     assert card.preprocess.resize == "none-in-graph"
-    assert card.postprocess["min_size"] == 128 and card.postprocess["mask_size"] == 28
+    assert card.postprocess.min_size == 128 and card.postprocess.mask_size == 28
     assert card.export["parity_vs_torch"]["max_abs_diff"] <= 1e-2
     body = client.get("/v1/models").json()
     (entry,) = [m for m in body["models"] if m["card"]["name"] == "tiny-seg"]

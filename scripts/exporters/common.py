@@ -108,14 +108,50 @@ def export_info(parity: Parity, opset: int = OPSET, **extra: Any) -> dict[str, A
     }
 
 
+def golden_example(onnx_bytes: bytes, card: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """A seeded batch-1 input and onnxruntime's outputs for it, which the service replays when it
+    loads the model (a model that answers differently there is refused). None when an output's
+    size depends on the input's content (Mask R-CNN's detections): no fixed answer to hold."""
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    if any(not all(isinstance(d, int) for d in o.shape[1:]) for o in session.get_outputs()):
+        return None
+    meta = session.get_inputs()[0]
+    size = card.get("preprocess", {}).get("size")
+    layout = card.get("preprocess", {}).get("layout", "NCHW")
+    shape = [
+        1 if i == 0 or not isinstance(d, int) or d <= 0 else d for i, d in enumerate(meta.shape)
+    ]
+    if size and len(shape) == 4:
+        h_axis = 2 if layout == "NCHW" else 1
+        shape[h_axis], shape[h_axis + 1] = size
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 0.5
+    outputs = session.run(None, {meta.name: x})
+    return {"input": x} | {
+        f"output:{o.name}": np.asarray(v)
+        for o, v in zip(session.get_outputs(), outputs, strict=True)
+    }
+
+
 def write_model_dir(out_root: Path, name: str, onnx_bytes: bytes, card: dict[str, Any]) -> Path:
-    """Write out_root/name/{model.onnx, model.json} so that a reader sees the old model or the
-    new one, never half of either: build in a temp folder beside it, then rename."""
+    """Write out_root/name/{model.onnx, model.json[, golden.npz]} so that a reader sees the old
+    model or the new one, never half of either: build in a temp folder beside it, then rename.
+
+    The card is checked against the service's own typed schema first (the same one the service
+    loads it with), and stamped with the current schema version."""
+    from service.cards import GOLDEN_FILE, SCHEMA_VERSION, parse_card
+
+    card = {**card, "schema_version": SCHEMA_VERSION}
+    golden = golden_example(onnx_bytes, card)
+    if golden is not None:
+        card["golden"] = {"file": GOLDEN_FILE, "rtol": 1e-3, "atol": 1e-3}
+    parse_card(card)  # raises CardError naming the field: never write a card the service refuses
     out_root.mkdir(parents=True, exist_ok=True)
     final = out_root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_root))
     try:
         (tmp / "model.onnx").write_bytes(onnx_bytes)
+        if golden is not None:
+            np.savez(tmp / GOLDEN_FILE, **golden)
         (tmp / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)
         if final.exists():

@@ -42,6 +42,7 @@ async def classify_image(
     ]
     return ClassifyResponse(
         model=runtime.name,
+        model_version=runtime.version,
         predictions=predictions,
         image=ImageInfo(width=decoded.width, height=decoded.height),
         timing_ms=timing.report(),

@@ -8,14 +8,19 @@ from fastapi import File, Query, Request, UploadFile
 
 from service.cards import ModelCard
 from service.images import DecodedImage, decode
-from service.runtime import ModelRegistry
+from service.repository import ModelRegistry
 from service.settings import Settings
 from service.timing import Timing, in_thread
 
 # Parameters several routes share, declared once so their limits and docs cannot drift apart.
 ImageUpload = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF.")]
 ModelName = Annotated[
-    str | None, Query(max_length=64, description="Model name; default per /v1/models.")
+    str | None,
+    Query(
+        max_length=80,
+        description="Model name, optionally pinned to a version (`name@3`); default per "
+        "/v1/models, and the newest ready version.",
+    ),
 ]
 IouThreshold = Annotated[
     float,

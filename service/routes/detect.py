@@ -61,6 +61,7 @@ async def detect_objects(
     ]
     return DetectResponse(
         model=runtime.name,
+        model_version=runtime.version,
         detections=detections,
         image=ImageInfo(width=decoded.width, height=decoded.height),
         timing_ms=timing.report(),

@@ -115,6 +115,7 @@ async def embed(
     )
     return FaceEmbedResponse(
         model=embedder.name,
+        model_version=embedder.version,
         detector=finder.name,
         faces=[
             EmbeddedFace(

@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.routes.common import app_settings, get_registry
-from service.schemas import HealthResponse, ModelsResponse, ReadyResponse
+from service.schemas import HealthResponse, ModelsResponse, ModelVersionState, ReadyResponse
 
 router = APIRouter(tags=["service"])
 
@@ -23,8 +23,12 @@ async def readyz(request: Request) -> JSONResponse:
     registry = get_registry(request)
     body = ReadyResponse(
         status="ready" if registry.ready else ("loading" if registry.loading else "degraded"),
-        models={name: m.ready for name, m in registry.models.items()},
+        models={
+            name: any(e.state == "ready" for e in versions.values())
+            for name, versions in sorted(registry.entries.items())
+        },
         failed=registry.failed,
+        pending=registry.pending,
     )
     if registry.ready:
         return JSONResponse(body.model_dump())
@@ -33,13 +37,17 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/v1/models", response_model=ModelsResponse)
 async def list_models(request: Request) -> ModelsResponse:
-    """Every model card, the providers really active, batching and thread settings."""
+    """Every model card, the providers really active, batching and thread settings; every
+    version's state (loading, ready, unloading, failed with the reason)."""
     registry = get_registry(request)
     settings = app_settings(request)
+    entries = registry.index()
     return ModelsResponse(
         defaults=registry.defaults,
-        models=[m.describe() for m in registry.models.values()],
+        models=[e.runtime.describe() for e in entries if e.state == "ready" and e.runtime],
+        versions=[ModelVersionState(**e.describe()) for e in entries],
         failed=registry.failed,
+        pending=registry.pending,
         runtime={
             "onnxruntime": ort.__version__,
             "available_providers": ort.get_available_providers(),
@@ -48,6 +56,7 @@ async def list_models(request: Request) -> ModelsResponse:
             "inter_op_threads": settings.inter_op_threads,
             "max_upload_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_pixels,
+            "model_control": settings.model_control,
         },
     )
 

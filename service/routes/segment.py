@@ -88,6 +88,7 @@ async def segment_instances(
     ]
     return SegmentResponse(
         model=runtime.name,
+        model_version=runtime.version,
         instances=instances,
         image=ImageInfo(width=decoded.width, height=decoded.height),
         timing_ms=timing.report(),

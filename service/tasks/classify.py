@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from service.cards import ModelCard
+from service.cards import ClassifyPostprocess, ModelCard
 from service.images import DecodedImage
 from service.preprocess import to_batch
 from service.runtime import ModelRuntime
@@ -32,10 +32,10 @@ class Predictions:
 
 
 def activation_of(card: ModelCard) -> Activation:
-    value = card.postprocess.get("activation", "softmax")
-    if value not in ("softmax", "sigmoid", "none"):
-        raise ValueError(f"model {card.name}: unknown activation {value!r}")
-    return value  # type: ignore[no-any-return]
+    """The card's activation (validated when the model loaded)."""
+    if not isinstance(card.postprocess, ClassifyPostprocess):
+        raise ValueError(f"model {card.name} is a {card.task} model, not classify")
+    return card.postprocess.activation
 
 
 def preprocess(images: Sequence[DecodedImage], card: ModelCard) -> np.ndarray:

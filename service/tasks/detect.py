@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from service.boxes import batched_nms
-from service.cards import ModelCard
+from service.cards import DetectPostprocess, ModelCard
 from service.errors import InvalidParameter
 from service.images import DecodedImage
 from service.preprocess import Geometry, to_batch
@@ -68,10 +68,10 @@ class Detections:
 
 
 def layout_of(card: ModelCard) -> Layout:
-    value = card.postprocess.get("layout", "yolov5")
-    if value not in ("yolov5", "yolov8"):
-        raise ValueError(f"model {card.name}: unknown detection layout {value!r}")
-    return value  # type: ignore[no-any-return]
+    """The card's output layout (validated when the model loaded)."""
+    if not isinstance(card.postprocess, DetectPostprocess):
+        raise ValueError(f"model {card.name} is a {card.task} model, not detect")
+    return card.postprocess.layout
 
 
 def resolve_classes(values: Iterable[str], labels: Sequence[str]) -> tuple[int, ...]:

@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from service.boxes import nms
-from service.cards import ModelCard, Preprocess
+from service.cards import ARCFACE_TEMPLATE as CARD_ARCFACE_TEMPLATE
+from service.cards import FaceDetectPostprocess, FaceEmbedPostprocess, ModelCard, Preprocess
 from service.errors import InvalidParameter, NoFaceFound
 from service.images import DecodedImage
 from service.preprocess import Geometry, normalize_into, to_batch
@@ -36,16 +37,7 @@ Metric = Literal["cosine", "euclidean"]
 
 # ArcFace / InsightFace 112x112 template; the order matches YuNet's landmarks: right eye, left
 # eye, nose tip, right mouth corner, left mouth corner (the subject's right is the image's left).
-ARCFACE_TEMPLATE = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float64,
-)
+ARCFACE_TEMPLATE = np.array(CARD_ARCFACE_TEMPLATE, dtype=np.float64)
 LANDMARK_NAMES = ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth")
 
 
@@ -97,13 +89,13 @@ class DetectorSettings:
     @staticmethod
     def from_card(card: ModelCard) -> DetectorSettings:
         post = card.postprocess
-        if post.get("decoder", "yunet") != "yunet":
-            raise ValueError(f"model {card.name}: unknown face decoder {post.get('decoder')!r}")
+        if not isinstance(post, FaceDetectPostprocess):
+            raise ValueError(f"model {card.name} is a {card.task} model, not face-detect")
         return DetectorSettings(
-            strides=tuple(int(s) for s in post.get("strides", (8, 16, 32))),
-            score_threshold=float(post.get("score_threshold", 0.6)),
-            nms_iou_threshold=float(post.get("nms_iou_threshold", 0.3)),
-            max_faces=int(post.get("max_faces", 100)),
+            strides=tuple(post.strides),
+            score_threshold=post.score_threshold,
+            nms_iou_threshold=post.nms_iou_threshold,
+            max_faces=post.max_faces,
         )
 
 
@@ -119,10 +111,10 @@ class EmbedderSettings:
     @staticmethod
     def from_card(card: ModelCard) -> EmbedderSettings:
         post = card.postprocess
-        metric = post.get("metric", "cosine")
-        if metric not in ("cosine", "euclidean"):
-            raise ValueError(f"model {card.name}: unknown metric {metric!r}")
-        thresholds = {k: float(v) for k, v in post.get("thresholds", {}).items()}
+        if not isinstance(post, FaceEmbedPostprocess):
+            raise ValueError(f"model {card.name} is a {card.task} model, not face-embed")
+        metric = post.metric
+        thresholds = {str(k): float(v) for k, v in post.thresholds.items()}
         if "cosine" in thresholds and "euclidean" not in thresholds:
             thresholds["euclidean"] = cosine_to_euclidean(thresholds["cosine"])
         if "euclidean" in thresholds and "cosine" not in thresholds:
@@ -132,8 +124,8 @@ class EmbedderSettings:
         if card.preprocess.size is None:
             raise ValueError(f"model {card.name}: face-embed cards need preprocess.size")
         h, w = card.preprocess.size
-        template = np.asarray(post.get("template", ARCFACE_TEMPLATE), dtype=np.float64)
-        th, tw = post.get("template_size", (112, 112))
+        template = np.asarray(post.template, dtype=np.float64)
+        th, tw = post.template_size
         if template.shape != (5, 2):
             raise ValueError(f"model {card.name}: template must be 5 (x, y) points")
         # The template is defined for its own crop size; a tower trained at another size gets

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from service.boxes import batched_nms
-from service.cards import ModelCard
+from service.cards import ModelCard, SegmentPostprocess
 from service.images import DecodedImage
 from service.masks import BoxMask, encode_rle, png_base64, polygons
 from service.preprocess import Geometry
@@ -46,12 +46,10 @@ class GraphResize:
 
     @classmethod
     def of(cls, card: ModelCard) -> GraphResize:
-        try:
-            return cls(int(card.postprocess["min_size"]), int(card.postprocess["max_size"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(
-                f"model {card.name}: segment cards need postprocess.min_size and max_size"
-            ) from exc
+        post = card.postprocess
+        if not isinstance(post, SegmentPostprocess):
+            raise ValueError(f"model {card.name} is a {card.task} model, not segment")
+        return cls(post.min_size, post.max_size)
 
     def scale(self, width: int, height: int) -> float:
         return min(self.min_size / min(width, height), self.max_size / max(width, height))

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx2 as httpx
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -48,3 +56,40 @@ def serve(models_dir: Path, **overrides: object) -> Iterator[TestClient]:
     """A TestClient over create_app(); startup and shutdown (the lifespan) really run."""
     with TestClient(create_app(settings_for(models_dir, **overrides))) as client:
         yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(models_dir: Path, **env: str) -> Iterator[str]:
+    """uvicorn in its own process on a free loopback port; yields its URL once /readyz is 200
+    and stops it with SIGINT (as a container stop would) afterwards."""
+    port = free_port()
+    environment = os.environ | {"IIS_MODELS_DIR": str(models_dir), "IIS_PORT": str(port),
+                                "IIS_HOST": "127.0.0.1", "IIS_LOG_LEVEL": "warning", **env}
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("server did not become ready in 60 s")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)  # graceful shutdown, as a container stop would
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("server did not shut down within 20 s of SIGINT")

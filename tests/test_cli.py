@@ -20,8 +20,7 @@ from service.annotate import PALETTE
 from service.cli import main
 from service.client import Client
 from service.masks import decode_rle
-from tests.helpers import encode, noise_image
-from tests.test_e2e import start_server
+from tests.helpers import encode, noise_image, start_server
 
 SHAPES = {"circle", "square", "triangle", "star"}
 

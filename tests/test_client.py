@@ -14,8 +14,7 @@ import pytest
 
 from service.client import ApiError, AsyncClient, Client, RetryPolicy, retry_after_seconds
 from service.schemas import ClassifyResponse
-from tests.helpers import encode, noise_image, serve
-from tests.test_e2e import start_server
+from tests.helpers import encode, noise_image, serve, start_server
 
 OK_BODY = {
     "model": "m",

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,44 +10,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from tests.helpers import ROOT, encode
+from tests.helpers import encode, start_server
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(models_dir: Path, **env: str) -> Iterator[str]:
-    port = free_port()
-    environment = os.environ | {"IIS_MODELS_DIR": str(models_dir), "IIS_PORT": str(port),
-                                "IIS_HOST": "127.0.0.1", "IIS_LOG_LEVEL": "warning", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready in 60 s")
-        yield url
-    finally:
-        proc.send_signal(signal.SIGINT)  # graceful shutdown, as a container stop would
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("server did not shut down within 20 s of SIGINT")
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ import httpx2 as httpx
 import pytest
 
 from service.logging_config import REQUEST_ID, JsonFormatter
-from tests.helpers import ROOT, encode, noise_image
-from tests.test_e2e import free_port
+from tests.helpers import ROOT, encode, free_port, noise_image
 
 
 def record(name: str, msg: str, args: tuple[object, ...] = (), **extra: object):

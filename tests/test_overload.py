@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from scripts.exporters.classify import export_classifier
-from tests.helpers import encode, noise_image
-from tests.test_e2e import start_server
+from tests.helpers import encode, noise_image, start_server
 
 DEADLINE_S = 4.0
 

@@ -24,8 +24,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.masks import decode_rle
-from tests.helpers import ROOT, encode, noise_image, serve
-from tests.test_e2e import start_server
+from tests.helpers import ROOT, encode, noise_image, serve, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

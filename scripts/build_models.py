@@ -486,15 +486,18 @@ class BuildLock:
 def _build(m: DefaultModel) -> None:
     """Build m into a staging folder under CACHE; only a finished build is renamed into the
     cache (a failed or interrupted one is removed, so the cache never holds half a model)."""
-    print(f"building {m.name} (cached afterwards in {m.cached()})", flush=True)
+    # the key of the code that builds it, taken now: an edit during a 15-minute training must
+    # not file this build under the edited code's key
+    target = m.cached()
+    print(f"building {m.name} (cached afterwards in {target})", flush=True)
     weights = [w.fetch() for w in m.weights]
     staging = Path(tempfile.mkdtemp(prefix="build-", dir=CACHE))
     try:
         m.build(staging, weights)
         built = staging / m.name
-        shutil.rmtree(m.cached(), ignore_errors=True)
-        m.cached().parent.mkdir(parents=True, exist_ok=True)
-        built.rename(m.cached())
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        built.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -83,4 +83,4 @@ def test_server_logs_are_json_lines_with_request_ids(tiny_classifier_dir: Path, 
     assert access[1]["request_id"] == rejected
     # the service's own log line about the rejected upload has the same id
     assert any(x["logger"] != "uvicorn.access" and x.get("request_id") == rejected for x in lines)
-    assert any("ready" in x["message"] and x["logger"] == "service" for x in lines)
+    assert any("ready" in x["message"] and x["logger"] == "service.repository" for x in lines)

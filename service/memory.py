@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import sys
 
@@ -24,5 +25,21 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     try:
         libc = ctypes.CDLL(name)
         return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
+def give_back() -> bool:
+    """Return freed heap to the OS after a model is unloaded: collect the cycles that still hold
+    a session, then `malloc_trim(0)`. Without it glibc keeps the freed arena pages and RSS climbs
+    with every load/unload cycle. A no-op (False) off glibc."""
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
     except (OSError, AttributeError):
         return False

@@ -51,6 +51,7 @@ from service.errors import (
     ModelNotFound,
     ModelUnavailable,
 )
+from service.memory import give_back
 from service.runtime import (
     ModelRuntime,
     check_golden,
@@ -495,9 +496,14 @@ class ModelRepository:
         return entry
 
     def _retire(self, runtime: ModelRuntime) -> None:
-        task = asyncio.create_task(runtime.retire(self.settings.request_timeout_s))
+        task = asyncio.create_task(self._close(runtime))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+    async def _close(self, runtime: ModelRuntime) -> None:
+        await runtime.retire(self.settings.request_timeout_s)
+        del runtime  # the last reference: the session's memory is free once collected
+        await anyio.to_thread.run_sync(give_back)
 
     async def drain(self) -> None:
         """Wait until every retired runtime has closed (tests and the memory benchmark)."""
@@ -621,7 +627,8 @@ def parse_files(parameters: Mapping[str, Any]) -> dict[str, bytes]:
         if (
             not 1 <= len(parts) <= 2
             or not all(_FILE_PART.match(p) for p in parts)
-            or (len(parts) == 2 and not parts[0].isdigit())
+            # a version folder is a version scan_model loads: 1 .. 2**31 - 1
+            or (len(parts) == 2 and not (parts[0].isdigit() and 0 < int(parts[0]) < 2**31))
             or parts[-1] not in MODEL_FILES
         ):
             raise InvalidRequest(

@@ -212,8 +212,8 @@ class ModelRuntime:
 
     async def retire(self, grace_s: float) -> None:
         """Stop serving: wait (up to grace_s) for the requests holding it, drain its queue,
-        then close the batcher and drop the session so its memory goes back."""
-        self.ready = False
+        then close the batcher and drop the session so its memory goes back. The registry no
+        longer hands it out; the requests that already hold it still run on it."""
         if self.leases > 0:
             self._idle = asyncio.Event()
             try:
@@ -225,6 +225,7 @@ class ModelRuntime:
                     self.leases,
                     grace_s,
                 )
+        self.ready = False
         await self.batcher.close(drain_timeout=grace_s)
         self.session = None
         self.runner = _closed_runner

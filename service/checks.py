@@ -9,6 +9,7 @@ model folder is wrong; a model that passes cannot make its task's postprocess fa
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,9 +123,19 @@ def load_golden(path: Path, card: ModelCard) -> tuple[np.ndarray, dict[str, np.n
     if path.stat().st_size > MAX_GOLDEN_BYTES:
         raise CardError("golden", f"{path.name} is over {MAX_GOLDEN_BYTES} bytes")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # a .npy: np.load hands back the bare array
+            raise ValueError("it holds one array (a .npy file), not the named arrays of an .npz")
+        with loaded as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        EOFError,
+        zlib.error,  # a damaged compressed member
+        NotImplementedError,  # a compression method zipfile cannot read
+    ) as exc:
         raise CardError("golden", f"{path.name} is not a readable .npz: {exc}") from None
     if "input" not in arrays:
         raise CardError("golden", f"{path.name} has no 'input' array")

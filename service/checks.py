@@ -28,6 +28,7 @@ from service.cards import (
 
 # golden.npz holds one batch-1 example; a file this large is not one.
 MAX_GOLDEN_BYTES = 64 * 1024 * 1024
+MAX_GOLDEN_UNPACKED = 256 * 1024 * 1024
 
 
 def check_signature(card: ModelCard, inputs: Sequence[Any], outputs: Sequence[Any]) -> None:
@@ -127,6 +128,13 @@ def load_golden(path: Path, card: ModelCard) -> tuple[np.ndarray, dict[str, np.n
         if isinstance(loaded, np.ndarray):  # a .npy: np.load hands back the bare array
             raise ValueError("it holds one array (a .npy file), not the named arrays of an .npz")
         with loaded as data:
+            # the members' unpacked sizes, from the zip directory, before anything is inflated:
+            # a few-kB file could otherwise expand into gigabytes
+            unpacked = sum(info.file_size for info in data.zip.infolist())
+            if unpacked > MAX_GOLDEN_UNPACKED:
+                raise ValueError(
+                    f"its arrays unpack to {unpacked} bytes (limit {MAX_GOLDEN_UNPACKED})"
+                )
             arrays = {k: data[k] for k in data.files}
     except (
         OSError,

@@ -643,6 +643,11 @@ def parse_files(parameters: Mapping[str, Any]) -> dict[str, bytes]:
         except (binascii.Error, ValueError):
             raise InvalidRequest(f"{key!r}: not valid base64") from None
     config = parameters.get("config")
+    if config is not None and not files:
+        raise InvalidRequest(
+            "'config' alone is not supported: send it with the model's files (file:model.onnx, "
+            "...), or load by name from the folder"
+        )
     if files and config is not None:
         if not isinstance(config, str):
             raise InvalidRequest("'config' must be the card (model.json) as a JSON string")

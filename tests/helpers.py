@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,13 +71,20 @@ def start_server(models_dir: Path, **env: str) -> Iterator[str]:
     port = free_port()
     environment = os.environ | {"IIS_MODELS_DIR": str(models_dir), "IIS_PORT": str(port),
                                 "IIS_HOST": "127.0.0.1", "IIS_LOG_LEVEL": "warning", **env}
+    # a file, not a pipe: a pipe nobody reads fills up and blocks a server that logs a lot
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+
+    def output() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")[-5000:]
+
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert proc.poll() is None, output()
             try:
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
@@ -93,3 +101,5 @@ def start_server(models_dir: Path, **env: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             pytest.fail("server did not shut down within 20 s of SIGINT")
+        finally:
+            log.close()

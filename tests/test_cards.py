@@ -119,3 +119,19 @@ def test_exported_cards_are_current_and_carry_a_golden_example(tiny_classifier_d
     assert raw["schema_version"] == SCHEMA_VERSION
     assert raw["golden"] == {"file": "golden.npz", "rtol": 1e-3, "atol": 1e-3}
     assert (tiny_classifier_dir / "tiny-cls" / "golden.npz").is_file()
+
+
+def test_a_golden_file_that_unpacks_too_large_is_refused_before_inflating(
+    tiny_classifier_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from service import checks
+    from service.cards import read_card
+
+    loaded = read_card(tiny_classifier_dir / "tiny-cls")
+    golden = tiny_classifier_dir / "tiny-cls" / "golden.npz"
+    x, expected = checks.load_golden(golden, loaded.card)
+    assert x.shape == (1, 3, 32, 32) and set(expected) == {"logits"}
+    monkeypatch.setattr(checks, "MAX_GOLDEN_UNPACKED", x.nbytes)  # input + outputs exceed it
+    with pytest.raises(CardError, match=r"golden: golden.npz is not a readable .npz: its arrays "
+                       r"unpack to \d+ bytes"):
+        checks.load_golden(golden, loaded.card)

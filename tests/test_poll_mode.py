@@ -494,7 +494,6 @@ def b64(data: bytes) -> str:
     ("parameters", "files"),
     [
         pytest.param({}, {}, id="nothing"),
-        pytest.param({"config": "{}"}, {}, id="config-alone-means-by-name"),
         pytest.param(
             {"file:model.onnx": b64(b"onnx"), "config": '{"a": 1}'},
             {"model.onnx": b"onnx", "model.json": b'{"a": 1}'},
@@ -571,6 +570,7 @@ def test_parse_files_refuses(key: str, value: Any, words: str):
             "both 'config' and 'file:model.json' were sent; send one",
         ),
         ({"file:model.onnx": b64(b"x"), "config": {"task": "classify"}}, "'config' must be"),
+        ({"config": "{}"}, "'config' alone is not supported"),
     ],
 )
 def test_parse_files_refuses_incomplete_sets(parameters: dict[str, Any], words: str):

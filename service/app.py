@@ -23,7 +23,7 @@ from service.middleware import (
     RequestIdMiddleware,
 )
 from service.repository import ModelRegistry, ModelRepository
-from service.routes import classify, health
+from service.routes import classify, health, inference
 from service.routes import repository as repository_routes
 from service.routes.detect import router as detect_router
 from service.routes.docs import install_docs
@@ -94,4 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(segment_router)
     app.include_router(playground_router)
     app.include_router(repository_routes.router)
+    app.include_router(inference.router)
     return app

@@ -7,6 +7,7 @@ import asyncio
 import contextvars
 import ctypes
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ TENSORRT = "TensorrtExecutionProvider"
 GPU_PROVIDERS = (CUDA, TENSORRT)
 
 RunStrategy = Literal["iobinding", "run"]
+_QUOTED_ABSOLUTE_PATH = re.compile(r'"/[^"]*"')
 
 
 def _library_loads(*names: str) -> bool:
@@ -252,6 +254,12 @@ class ModelRuntime:
         timing.add(step, result.run_ms)
         return result
 
+    def run_now(self, tensor: np.ndarray) -> BatchResult | None:
+        """From a worker thread: run (n, ...) rows at once when the model is idle (see
+        MicroBatcher.try_run); None when it is busy, loading or closing: then `infer` queues
+        them (or says why not)."""
+        return self.batcher.try_run(tensor) if self.ready else None
+
     def describe(self) -> dict[str, Any]:
         providers: dict[str, Any] = {
             "requested": self.requested_providers,
@@ -391,6 +399,8 @@ def load_model(loaded: LoadedCard, settings: Settings, version: int | None = Non
         )
     except Exception as exc:  # onnxruntime raises its own types for every kind of bad file
         reason = str(exc).replace(str(loaded.onnx_path.parent), "<model folder>")
+        # the reason reaches clients (409 model_failed): no other server path either
+        reason = _QUOTED_ABSOLUTE_PATH.sub('"<path>"', reason)
         raise CardError("model.onnx", f"onnxruntime cannot load it: {reason[:500]}") from None
     check_signature(card, session.get_inputs(), session.get_outputs())
     active = list(session.get_providers())

@@ -212,6 +212,33 @@ def nonfinite_onnx(op: str) -> bytes:
     return model.SerializeToString()
 
 
+def external_data_onnx(location: str) -> bytes:
+    """A graph whose weight lives in an external data file at `location`: ONNX Runtime reads
+    such files relative to the model, so "../..." would read outside the model's folder."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((3, 3), np.float32), "W")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "36")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+        ],
+        "external-data",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def _no_golden(card: dict[str, Any]) -> None:
     card.pop("golden")
 
@@ -404,6 +431,23 @@ CASES = [
         "bad-inf-output",
         "model.onnx: output logits is not finite on the warm-up input",
         both(write("model.onnx", nonfinite_onnx("inf")), edit_card(_no_golden)),
+    ),
+    Case(
+        "bad-external-data-escapes",
+        re.compile(
+            r"model\.onnx: onnxruntime cannot load it: .*External data path escapes model "
+            r"directory.*"
+        ),
+        both(write("model.onnx", external_data_onnx("../../../../etc/hostname")),
+             edit_card(_no_golden)),  # fmt: skip
+    ),
+    Case(
+        "bad-external-data-absolute",
+        re.compile(
+            r"model\.onnx: onnxruntime cannot load it: .*Absolute path not allowed for "
+            r"external data location"
+        ),
+        both(write("model.onnx", external_data_onnx("/etc/hostname")), edit_card(_no_golden)),
     ),
     Case(
         "bad-onnx-symlink",

@@ -408,30 +408,36 @@ class ModelRepository:
         """Make `name`'s loaded versions match its folder: load new and changed versions (all of
         them with force), retire the ones whose folder is gone. -> the entries touched."""
         async with self._lock(name):
-            if on_disk is None:
-                on_disk = await anyio.to_thread.run_sync(scan_model, self.models_dir / name)
-            touched = []
-            for version, folder in sorted(on_disk.items()):
-                fp = await anyio.to_thread.run_sync(fingerprint, folder)
-                current = self.registry.entries.get(name, {}).get(version)
-                if (
-                    not force
-                    and current is not None
-                    and fp in (current.fingerprint, current.refused)
-                    and current.state != "loading"
-                ):
-                    continue
-                touched.append(await self._load_version(name, version, folder, fp))
-            known = self.registry.entries.get(name, {})
-            serving_on_disk = any(known[v].state == "ready" for v in on_disk if v in known)
-            for version in sorted(set(known) - set(on_disk)):
-                if on_disk and not serving_on_disk and known[version].state == "ready":
-                    continue  # its replacement failed: the old version keeps serving
-                touched.append(await self._unload_version(name, version))
-            if not self.registry.entries.get(name):
-                self.registry.entries.pop(name, None)
-            self._publish(name)
-            return touched
+            return await self._sync(name, on_disk, force=force)
+
+    async def _sync(
+        self, name: str, on_disk: Mapping[int, Path] | None, *, force: bool
+    ) -> list[VersionEntry]:
+        """sync, with the name's lock held."""
+        if on_disk is None:
+            on_disk = await anyio.to_thread.run_sync(scan_model, self.models_dir / name)
+        touched = []
+        for version, folder in sorted(on_disk.items()):
+            fp = await anyio.to_thread.run_sync(fingerprint, folder)
+            current = self.registry.entries.get(name, {}).get(version)
+            if (
+                not force
+                and current is not None
+                and fp in (current.fingerprint, current.refused)
+                and current.state != "loading"
+            ):
+                continue
+            touched.append(await self._load_version(name, version, folder, fp))
+        known = self.registry.entries.get(name, {})
+        serving_on_disk = any(known[v].state == "ready" for v in on_disk if v in known)
+        for version in sorted(set(known) - set(on_disk)):
+            if on_disk and not serving_on_disk and known[version].state == "ready":
+                continue  # its replacement failed: the old version keeps serving
+            touched.append(await self._unload_version(name, version))
+        if not self.registry.entries.get(name):
+            self.registry.entries.pop(name, None)
+        self._publish(name)
+        return touched
 
     async def _load_version(self, name: str, version: int, folder: Path, fp: str) -> VersionEntry:
         entry = self._entry(name, version, "loading")
@@ -540,19 +546,20 @@ class ModelRepository:
         self._raise_failures(name, touched)
 
     async def _write_and_load(self, name: str, files: Mapping[str, bytes]) -> None:
-        final = self.models_dir / name
-        staging, aside = await anyio.to_thread.run_sync(_stage, self.models_dir, name, files)
-        self._held_off.pop(name, None)
-        touched = await self.sync(name, force=True)
-        if any(e.reason for e in touched):
-            # keep the disk in step with what serves: the old files come back
-            if aside is not None:
-                await anyio.to_thread.run_sync(_restore, final, aside)
-            await self.sync(name)
-            self._raise_failures(name, touched)
-        elif aside is not None:
-            await anyio.to_thread.run_sync(shutil.rmtree, aside, True)
-        del staging
+        # under the name's lock from writing to loading: two loads of one model do not interleave
+        async with self._lock(name):
+            final = self.models_dir / name
+            _, aside = await anyio.to_thread.run_sync(_stage, self.models_dir, name, files)
+            self._held_off.pop(name, None)
+            touched = await self._sync(name, None, force=True)
+            if any(e.reason for e in touched):
+                # keep the disk in step with what serves: the old files come back
+                if aside is not None:
+                    await anyio.to_thread.run_sync(_restore, final, aside)
+                await self._sync(name, None, force=False)
+                self._raise_failures(name, touched)
+            elif aside is not None:
+                await anyio.to_thread.run_sync(shutil.rmtree, aside, True)
 
     def _raise_failures(self, name: str, touched: Sequence[VersionEntry]) -> None:
         failures = [e for e in touched if e.reason]

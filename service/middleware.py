@@ -6,7 +6,7 @@ import hmac
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import error_body
 from service.metrics import metrics_of
 from service.runtime import ModelRuntime, request_leases
+from service.tenancy import Principal
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -116,7 +117,9 @@ class ApiKeyMiddleware:
 
     Two scopes: inference keys (`keys`) call every route but the repository's; admin keys
     (`admin_keys`) call everything, including `/v2/repository/...`, which changes what the
-    server runs. With keys configured and no admin key, the repository cannot be changed."""
+    server runs. With keys configured and no admin key, the repository cannot be changed.
+    An accepted key's tenant and scope (`principals`, service/tenancy.py) go into
+    `request.state.principal` for the routes that keep per-tenant state (face galleries)."""
 
     ADMIN_PREFIX = "/v2/repository"
 
@@ -133,10 +136,23 @@ class ApiKeyMiddleware:
         }
     )
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str], admin_keys: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Iterable[str],
+        admin_keys: Iterable[str] = (),
+        principals: Mapping[str, Principal] | None = None,
+    ) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
         self.admin_keys = [k.encode() for k in admin_keys]
+        self.principals = {k.encode(): p for k, p in (principals or {}).items()}
+
+    def _admit(self, scope: Scope, key: bytes) -> None:
+        """An accepted key: record who it is (looked up only once it has matched)."""
+        principal = self.principals.get(key)
+        if principal is not None:
+            scope.setdefault("state", {})["principal"] = principal
 
     def _presented(self, scope: Scope) -> bytes | None:
         headers = dict(scope.get("headers", ()))
@@ -180,6 +196,7 @@ class ApiKeyMiddleware:
             return
         key = self._presented(scope)
         if key is not None and self._accepted(key):
+            self._admit(scope, key)
             await self.app(scope, receive, send)
             return
         message = (
@@ -192,6 +209,7 @@ class ApiKeyMiddleware:
     async def _admin_only(self, scope: Scope, receive: Receive, send: Send) -> None:
         key = self._presented(scope)
         if key is not None and self._matches(key, self.admin_keys):
+            self._admit(scope, key)
             await self.app(scope, receive, send)
             return
         if key is None or not self._matches(key, self.keys):

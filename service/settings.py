@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.tenancy import Principal, principals
+
 
 def _cpu_count() -> int:
     try:
@@ -78,7 +80,11 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma list of accepted API keys; empty: no auth."
     )
-    api_keys_file: Path | None = Field(None, description="File with one API key per line.")
+    api_keys_file: Path | None = Field(
+        None,
+        description="File with one API key per line: `<key> [<tenant> [read-only]]` (see "
+        "service/tenancy.py); a bare key belongs to tenant `default`.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma list of allowed browser origins; empty: off."
     )
@@ -103,6 +109,14 @@ class Settings(BaseSettings):
     background_load: bool = Field(
         True, description="Serve /healthz while models load; false: load before serving."
     )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the face-gallery database, e.g. "
+        "postgresql+psycopg://user:pass@host/db (what replicas share); unset: SQLite in data_dir.",
+    )
+    data_dir: Path = Field(
+        Path("data"), description="Where the default SQLite gallery database (gallery.db) lives."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -122,12 +136,13 @@ class Settings(BaseSettings):
         return value
 
     def accepted_keys(self) -> list[str]:
-        """api_keys plus the lines of api_keys_file (read once, at start-up)."""
-        keys = list(self.api_keys)
-        if self.api_keys_file is not None:
-            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
-            keys += [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
-        return keys
+        """api_keys plus the keys of api_keys_file (read once, at start-up)."""
+        return list(self.key_principals(admin=False))
+
+    def key_principals(self, admin: bool = True) -> dict[str, Principal]:
+        """Every accepted key (admin keys too unless admin=False) -> its tenant and scope."""
+        admin_keys = self.admin_api_keys if admin else []
+        return principals(self.api_keys, self.api_keys_file, admin_keys)
 
 
 @lru_cache

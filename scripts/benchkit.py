@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,25 @@ def rss_mb(pid: int, *, tree: bool = True) -> float:
     return total / 2**20
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by `pid` and all its descendants, in seconds."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0.0
+    for p in procs:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile, q in [0, 1]."""
     if not values:
@@ -90,6 +109,9 @@ class Server:
 
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
 
 
 def wait_ready(
@@ -210,6 +232,15 @@ class LoadResult:
 
 
 Send = Callable[[Any], Awaitable[tuple[int, Any]]]
+# concurrency -> the client `send` is given (an aiohttp session, a tritonclient, ...)
+OpenClient = Callable[[int], AbstractAsyncContextManager[Any]]
+
+
+def aiohttp_session(concurrency: int) -> AbstractAsyncContextManager[Any]:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120))
 
 
 async def drive(
@@ -219,16 +250,13 @@ async def drive(
     requests: int,
     seconds: float,
     warmup: int = 0,
+    client: OpenClient = aiohttp_session,
 ) -> LoadResult:
     """Keep `concurrency` requests in flight until `requests` have finished or `seconds` have
-    passed, after `warmup` unmeasured requests. `send(session)` performs one request and
-    returns (status, parsed body or None)."""
-    import aiohttp
-
+    passed, after `warmup` unmeasured requests. `send(session)` performs one request with the
+    client that `client(concurrency)` opens and returns (status, parsed body or None)."""
     result = LoadResult()
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with client(concurrency) as session:
         left = warmup
 
         async def warm() -> None:
@@ -292,5 +320,50 @@ def json_image_sender(url: str, data: bytes, field_name: str = "image") -> Send:
         async with session.post(url, data=body, headers=headers) as r:
             raw = await r.read()
             return r.status, (json.loads(raw) if r.status == 200 else None)
+
+    return send
+
+
+def triton_client(url: str) -> OpenClient:
+    """`client` for drive(): tritonclient.http's asyncio client on `url`, one connection per
+    request in flight."""
+
+    def open_client(concurrency: int) -> AbstractAsyncContextManager[Any]:
+        from tritonclient.http.aio import InferenceServerClient
+
+        host = url.split("://", 1)[-1]
+        return InferenceServerClient(host, conn_limit=concurrency, conn_timeout=120.0)  # type: ignore[no-any-return]
+
+    return open_client
+
+
+def oip_image_sender(model: str, data: bytes, *, base64_encode: bool = False) -> Send:
+    """A `send` for drive() with triton_client(): one encoded image as the Open Inference
+    Protocol `BYTES` input "image" (binary extension, as tritonclient sends by default), top
+    labels and scores back as binary outputs, parsed into {"predictions": [{label, score}]}.
+    `base64_encode`: send the image base64-encoded (for servers that take only UTF-8 BYTES)."""
+    import base64
+
+    import numpy as np
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    payload = base64.b64encode(data) if base64_encode else data
+
+    async def send(client: Any) -> tuple[int, Any]:
+        image = th.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([payload], dtype=object))
+        outputs = [th.InferRequestedOutput(n, binary_data=True) for n in ("labels", "scores")]
+        try:
+            result = await client.infer(model, [image], outputs=outputs)
+        except InferenceServerException as exc:
+            status = exc.status()
+            return (int(status) if status and str(status).isdigit() else 0), None
+        labels, scores = result.as_numpy("labels")[0], result.as_numpy("scores")[0]
+        predictions = [
+            {"label": label.decode(), "score": float(score)}
+            for label, score in zip(labels, scores, strict=True)
+        ]
+        return 200, {"predictions": predictions}
 
     return send

@@ -1,2 +1,3 @@
-"""The servers scripts/bench.py compares this service against: a naive FastAPI app and a
-LitServe app, both on the same ONNX model and the same pre/post-processing code."""
+"""The servers scripts/bench.py compares this service against: a plain FastAPI app, a LitServe
+app and a KServe model server, all on the same ONNX model and the same pre/post-processing
+code."""

@@ -1,5 +1,6 @@
-"""The work a peer server does per image, shared by naive_app.py and litserve_app.py so that
-the benchmark compares serving architectures, not pre/post-processing code.
+"""The work a peer server does per image, shared by plain_app.py, litserve_app.py and
+kserve_app.py so that the benchmark compares serving architectures, not pre/post-processing
+code.
 
 Decode is what a hand-written server does: Pillow at full resolution, then RGB. (This service
 decodes large JPEGs at reduced scale; set BENCH_PEER_DECODE=service to give the peers that
@@ -44,11 +45,18 @@ class Pipeline:
     input_name: str
 
     @classmethod
-    def load(cls, folder: Path, threads: int | None = None) -> Pipeline:
+    def load(
+        cls, folder: Path, threads: int | None = None, spinning: bool | None = None
+    ) -> Pipeline:
+        """`spinning`: ORT's `session.intra_op.allow_spinning`; None leaves ORT's default (on)."""
         loaded = read_card(folder)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if spinning is not None:
+            options.add_session_config_entry(
+                "session.intra_op.allow_spinning", "1" if spinning else "0"
+            )
         session = ort.InferenceSession(
             str(loaded.onnx_path), options, providers=["CPUExecutionProvider"]
         )
@@ -57,9 +65,11 @@ class Pipeline:
     @classmethod
     def from_env(cls) -> Pipeline:
         """The peer servers' model: BENCH_MODEL_DIR, with BENCH_THREADS intra-op threads (unset
-        or 0: onnxruntime's default)."""
+        or 0: onnxruntime's default) and BENCH_ORT_SPINNING=0/1 (unset: ORT's default, on)."""
         threads = int(os.environ.get("BENCH_THREADS", "0")) or None
-        return cls.load(Path(os.environ["BENCH_MODEL_DIR"]), threads)
+        spin = os.environ.get("BENCH_ORT_SPINNING")
+        spinning = None if spin in (None, "") else spin == "1"
+        return cls.load(Path(os.environ["BENCH_MODEL_DIR"]), threads, spinning)
 
     def decode(self, data: bytes) -> DecodedImage:
         if os.environ.get("BENCH_PEER_DECODE") == "service":

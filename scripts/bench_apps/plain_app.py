@@ -1,9 +1,12 @@
-"""A naive FastAPI + onnxruntime server, as most teams first write one: one session, no
-batching, decode and preprocessing inline in the handler (a sync `def`, so FastAPI runs it in
-its thread pool and concurrent requests call session.run at the same time).
+"""The plain FastAPI + onnxruntime server most teams first write: one session, no batching,
+decode and preprocessing inline in the handler (a sync `def`, so FastAPI runs it in its thread
+pool and concurrent requests call session.run at the same time).
 
-    BENCH_MODEL_DIR=models/mobilenet_v2-imagenet BENCH_THREADS=2 \
-        uvicorn scripts.bench_apps.naive_app:app
+    BENCH_MODEL_DIR=models/mobilenet_v2-imagenet BENCH_THREADS=2 BENCH_ORT_SPINNING=0 \
+        uvicorn scripts.bench_apps.plain_app:app
+
+scripts/bench.py runs it twice: `plain` with ORT's intra-op thread spinning off (as the
+service runs), `plain-spin` with ORT's default (spinning on).
 """
 
 from __future__ import annotations

@@ -4,12 +4,18 @@ Concurrent requests for one model wait at most `max_wait_ms` for company, are st
 axis 0 into one tensor (up to `max_batch` rows), run once, and get their own rows back.
 The queue is bounded: past `max_queue` waiting requests the caller gets `Overloaded` (429)
 at once instead of a growing backlog.
+
+A lone request need not travel through the queue at all: `try_run`, called from the worker
+thread that has just preprocessed it, runs it there and then when no run is in flight and
+nothing is queued (one thread hop per request instead of two). Inline runs and batches share
+the `concurrency` run slots, so batching under load is unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,14 +71,18 @@ class MicroBatcher:
         # wake-ups) where batching alone does not help. While every slot is busy the queue
         # grows, so the next batch is fuller.
         self.concurrency = concurrency
-        self._slots = asyncio.Semaphore(concurrency)
+        # Run slots, taken by batches (event loop) and inline runs (worker threads) alike.
+        self._gate = threading.Lock()
+        self._active = 0  # runs in flight, under _gate
+        self._slot_wanted = False  # the batch loop waits for a slot, under _gate
+        self._slot_freed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix=f"ort-{name}"
         )
         self._inflight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._running = 0
         self._last_rows = 0
         self.batches_run = 0
         # (rows, run seconds, each request's queue wait in seconds): metrics hook
@@ -84,7 +94,64 @@ class MicroBatcher:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._batches(), name=self.name)
+
+    def try_run(self, tensor: np.ndarray) -> BatchResult | None:
+        """From a worker thread: run `tensor` ((n, ...) rows) right here when a run slot is
+        free and no request is queued, else None (then `submit` it). Saves the hop to the
+        batcher's thread and back for a lone client; under load the queue is never empty,
+        so requests still batch."""
+        with self._gate:
+            if (
+                self._closing
+                or self._task is None
+                or self._active >= self.concurrency
+                or self._carry is not None
+                or self._queue.qsize()  # a deque's length: safe to read from any thread
+                or tensor.shape[0] > self.max_batch
+            ):
+                return None
+            self._active += 1
+        started = time.perf_counter()
+        try:
+            outputs = list(self._run(tensor))
+        except Exception:
+            log.exception("model %s failed on a batch of %d", self.name, tensor.shape[0])
+            raise
+        finally:
+            self._release_slot(from_loop=False)
+        run_s = time.perf_counter() - started
+        self._ran(tensor.shape[0], run_s, [0.0])
+        return BatchResult(outputs, queue_ms=0.0, run_ms=run_s * 1000, batch_size=tensor.shape[0])
+
+    async def _acquire_slot(self) -> None:
+        while True:
+            with self._gate:
+                if self._active < self.concurrency:
+                    self._active += 1
+                    self._slot_wanted = False
+                    return
+                self._slot_wanted = True
+                self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    def _release_slot(self, *, from_loop: bool) -> None:
+        with self._gate:
+            self._active -= 1
+            wake = self._slot_wanted
+        if wake:
+            if from_loop:
+                self._slot_freed.set()
+            elif self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._slot_freed.set)
+
+    def _ran(self, rows: int, run_s: float, waits_s: list[float]) -> None:
+        with self._gate:
+            self.batches_run += 1
+            self._last_rows = rows
+        if self.observer is not None:
+            self.observer(rows, run_s, waits_s)
 
     async def submit(self, tensor: np.ndarray, timeout: float | None = None) -> BatchResult:
         """tensor: (n, ...) rows for one request; n <= max_batch. Past `timeout` seconds the
@@ -136,13 +203,15 @@ class MicroBatcher:
             rows += item.tensor.shape[0]
         return batch
 
-    async def _loop(self) -> None:
+    async def _batches(self) -> None:
         while True:
-            await self._slots.acquire()  # a free slot first: meanwhile the batch fills up
+            if self._carry is None:  # wait for work without holding a slot (see try_run)
+                self._carry = await self._queue.get()
+            await self._acquire_slot()  # meanwhile more requests queue up for this batch
             try:
                 batch = await self._next_batch()
             except BaseException:
-                self._slots.release()
+                self._release_slot(from_loop=True)
                 raise
             task = asyncio.get_running_loop().create_task(self._run_batch(batch))
             self._inflight.add(task)
@@ -154,7 +223,7 @@ class MicroBatcher:
             if live:
                 await self._execute(live)
         finally:
-            self._slots.release()
+            self._release_slot(from_loop=True)
 
     async def _execute(self, live: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
@@ -162,7 +231,6 @@ class MicroBatcher:
             live[0].tensor if len(live) == 1 else np.concatenate([p.tensor for p in live], axis=0)
         )
         started = time.perf_counter()
-        self._running += 1
         try:
             outputs = await loop.run_in_executor(self._executor, self._run, stacked)
         except Exception as exc:  # deliver the failure to every waiter, keep serving
@@ -171,14 +239,8 @@ class MicroBatcher:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
-        finally:
-            self._running -= 1
         run_ms = (time.perf_counter() - started) * 1000
-        self.batches_run += 1
-        self._last_rows = stacked.shape[0]
-        if self.observer is not None:
-            waits = [started - p.enqueued for p in live]
-            self.observer(stacked.shape[0], run_ms / 1000, waits)
+        self._ran(stacked.shape[0], run_ms / 1000, [started - p.enqueued for p in live])
         offset = 0
         for p in live:
             n = p.tensor.shape[0]
@@ -197,7 +259,7 @@ class MicroBatcher:
         """Stop taking work, let queued requests finish (up to drain_timeout), then stop."""
         self._closing = True
         deadline = time.perf_counter() + drain_timeout
-        while (self.depth or self._running) and time.perf_counter() < deadline:
+        while (self.depth or self._active) and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
         tasks = [t for t in (self._task, *self._inflight) if t is not None]
         for task in tasks:

@@ -57,6 +57,19 @@ class DecodedImage:
         return self.width / self.pixels.shape[1], self.height / self.pixels.shape[0]
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """An upload not decoded yet, with the limits its decode must respect: a task decodes it
+    in the same worker thread as its preprocessing (see service.tasks.pipeline)."""
+
+    data: bytes
+    max_pixels: int
+    min_side: int | None = None
+
+    def decode(self) -> DecodedImage:
+        return decode(self.data, max_pixels=self.max_pixels, min_side=self.min_side)
+
+
 def _sniff_foreign(data: bytes) -> str | None:
     head = data[:256].lstrip().lower()
     for signature, name in _FOREIGN_SIGNATURES:

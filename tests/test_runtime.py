@@ -113,6 +113,40 @@ def test_batch_concurrency_bounds_the_runs_in_flight(concurrency):
     assert all(1 <= int(s) <= 2 for s in sizes)
 
 
+def test_a_lone_request_runs_inline_and_a_busy_model_batches():
+    """try_run (from a worker thread) runs at once only when no run is in flight and nothing
+    is queued; inline runs and batches share the run slots, so they never overlap past
+    `concurrency`, and what it refuses still batches."""
+    model = OverlapModel(delay=0.05)
+    batcher = MicroBatcher(model, name="m", max_batch=4, max_wait_ms=5, max_queue=64)
+
+    async def scenario() -> None:
+        x = np.full((1, 2, 2), 3, np.float32)
+        assert batcher.try_run(x) is None  # not started yet
+        batcher.start()
+        lone = await asyncio.to_thread(batcher.try_run, x)
+        assert lone is not None and lone.batch_size == 1 and lone.queue_ms == 0
+        np.testing.assert_array_equal(lone.outputs[0], x * 2)
+        assert model.batches == [1] and batcher.batches_run == 1
+
+        # an inline run holds the slot: queued requests wait for it, then batch together
+        inline = asyncio.ensure_future(asyncio.to_thread(batcher.try_run, x))
+        while model.inside == 0:
+            await asyncio.sleep(0.001)
+        assert await asyncio.to_thread(batcher.try_run, x) is None  # the slot is taken
+        queued = [batcher.submit(np.full((1, 2, 2), i, np.float32)) for i in range(3)]
+        results = await asyncio.gather(*queued)
+        assert (await inline) is not None
+        assert [r.batch_size for r in results] == [3, 3, 3]
+        for i, r in enumerate(results):
+            np.testing.assert_array_equal(r.outputs[0], np.full((1, 2, 2), 2 * i, np.float32))
+        assert model.peak == 1 and model.batches == [1, 1, 3]
+        await batcher.close()
+        assert batcher.try_run(x) is None  # closed
+
+    asyncio.run(scenario())
+
+
 def test_full_queue_is_refused_with_retry_after():
     async def scenario() -> tuple[int, int]:
         model = RecordingModel(delay=0.05)

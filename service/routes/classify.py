@@ -8,9 +8,9 @@ from service.routes.common import (
     ImageUpload,
     ModelName,
     app_settings,
-    decode_upload,
     get_registry,
     needed_side,
+    read_upload,
 )
 from service.schemas import ERROR_RESPONSES, ClassifyResponse, ClassPrediction, ImageInfo
 from service.tasks.classify import classify
@@ -29,10 +29,8 @@ async def classify_image(
     """Top-k classes for one image."""
     timing = Timing()
     runtime = get_registry(request).get("classify", model)
-    decoded = await decode_upload(
-        image, app_settings(request), timing, min_side=needed_side(runtime.card)
-    )
-    result = await classify(runtime, decoded, top_k, timing)
+    upload = await read_upload(image, app_settings(request), min_side=needed_side(runtime.card))
+    result = await classify(runtime, upload, top_k, timing)
     labels = runtime.card.labels
     predictions = [
         ClassPrediction(
@@ -44,6 +42,6 @@ async def classify_image(
         model=runtime.name,
         model_version=runtime.version,
         predictions=predictions,
-        image=ImageInfo(width=decoded.width, height=decoded.height),
+        image=ImageInfo(width=result.image.width, height=result.image.height),
         timing_ms=timing.report(),
     )

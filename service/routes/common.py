@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import File, Query, Request, UploadFile
 
 from service.cards import ModelCard
-from service.images import DecodedImage, decode
+from service.images import DecodedImage, EncodedImage, decode
 from service.repository import ModelRegistry
 from service.settings import Settings
 from service.timing import Timing, in_thread
@@ -58,6 +58,14 @@ def needed_side(card: ModelCard) -> int | None:
     if spec.size is not None:
         return max(spec.size)
     return None
+
+
+async def read_upload(
+    upload: UploadFile, settings: Settings, *, min_side: int | None
+) -> EncodedImage:
+    """Read one form file (already bounded by the body limit); the task decodes it in the
+    worker thread that preprocesses it."""
+    return EncodedImage(await upload.read(), settings.max_pixels, min_side)
 
 
 async def decode_upload(

@@ -10,9 +10,9 @@ from service.routes.common import (
     IouThreshold,
     ModelName,
     app_settings,
-    decode_upload,
     get_registry,
     needed_side,
+    read_upload,
 )
 from service.schemas import ERROR_RESPONSES, Detection, DetectResponse, ImageInfo
 from service.tasks.detect import DetectOptions, detect, resolve_classes
@@ -45,10 +45,8 @@ async def detect_objects(
         max_detections=max_detections,
         classes=resolve_classes(classes, labels) if classes else None,
     )
-    decoded = await decode_upload(
-        image, app_settings(request), timing, min_side=needed_side(runtime.card)
-    )
-    result = await detect(runtime, decoded, options, timing)
+    upload = await read_upload(image, app_settings(request), min_side=needed_side(runtime.card))
+    result = await detect(runtime, upload, options, timing)
     found = result.detections
     detections = [
         Detection(
@@ -63,6 +61,6 @@ async def detect_objects(
         model=runtime.name,
         model_version=runtime.version,
         detections=detections,
-        image=ImageInfo(width=decoded.width, height=decoded.height),
+        image=ImageInfo(width=result.image.width, height=result.image.height),
         timing_ms=timing.report(),
     )

@@ -7,7 +7,6 @@ Card `postprocess.activation`: "softmax" (logits out, default), "sigmoid" (multi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -15,10 +14,11 @@ from typing import Literal
 import numpy as np
 
 from service.cards import ClassifyPostprocess, ModelCard
-from service.images import DecodedImage
+from service.images import DecodedImage, EncodedImage
 from service.preprocess import to_batch
 from service.runtime import ModelRuntime
-from service.timing import Timing, in_thread
+from service.tasks.pipeline import run_image
+from service.timing import Timing
 
 Activation = Literal["softmax", "sigmoid", "none"]
 
@@ -69,14 +69,20 @@ def postprocess(logits: np.ndarray, top_k: int, activation: Activation) -> list[
 class ClassifyResult:
     predictions: Predictions
     batch_size: int
+    image: DecodedImage  # the image classified (its original size)
 
 
 async def classify(
-    runtime: ModelRuntime, image: DecodedImage, top_k: int, timing: Timing
+    runtime: ModelRuntime, image: DecodedImage | EncodedImage, top_k: int, timing: Timing
 ) -> ClassifyResult:
-    batch = await in_thread(timing, "preprocess", preprocess, [image], runtime.card)
-    result = await runtime.infer(batch, timing)
-    started = time.perf_counter()
-    (predictions,) = postprocess(result.outputs[0], top_k, activation_of(runtime.card))
-    timing.add("postprocess", (time.perf_counter() - started) * 1000)
-    return ClassifyResult(predictions, result.batch_size)
+    """Top-k for one image (decoded here if still encoded; see service.tasks.pipeline)."""
+    card, activation = runtime.card, activation_of(runtime.card)
+
+    def prepare(decoded: DecodedImage) -> tuple[np.ndarray, None]:
+        return preprocess([decoded], card), None
+
+    def finish(outputs: list[np.ndarray], _: None) -> Predictions:
+        return postprocess(outputs[0], top_k, activation)[0]
+
+    out = await run_image(runtime, image, timing, prepare, finish)
+    return ClassifyResult(out.answer, out.batch_size, out.image)

@@ -23,10 +23,11 @@ import numpy as np
 from service.boxes import batched_nms
 from service.cards import DetectPostprocess, ModelCard
 from service.errors import InvalidParameter
-from service.images import DecodedImage
+from service.images import DecodedImage, EncodedImage
 from service.preprocess import Geometry, to_batch
 from service.runtime import ModelRuntime
-from service.timing import Timing, in_thread
+from service.tasks.pipeline import run_image
+from service.timing import Timing
 
 Layout = Literal["yolov5", "yolov8"]
 
@@ -164,20 +165,23 @@ def postprocess(
 class DetectResult:
     detections: Detections
     batch_size: int
+    image: DecodedImage  # the image searched (its original size)
 
 
 async def detect(
-    runtime: ModelRuntime, image: DecodedImage, options: DetectOptions, timing: Timing
+    runtime: ModelRuntime,
+    image: DecodedImage | EncodedImage,
+    options: DetectOptions,
+    timing: Timing,
 ) -> DetectResult:
-    batch, geometries = await in_thread(timing, "preprocess", preprocess, [image], runtime.card)
-    result = await runtime.infer(batch, timing)
-    (detections,) = await in_thread(
-        timing,
-        "postprocess",
-        postprocess,
-        result.outputs[0],
-        geometries,
-        options,
-        layout_of(runtime.card),
-    )
-    return DetectResult(detections, result.batch_size)
+    """Detections in one image (decoded here if still encoded; see service.tasks.pipeline)."""
+    card, layout = runtime.card, layout_of(runtime.card)
+
+    def prepare(decoded: DecodedImage) -> tuple[np.ndarray, list[Geometry]]:
+        return preprocess([decoded], card)
+
+    def finish(outputs: list[np.ndarray], geometries: list[Geometry]) -> Detections:
+        return postprocess(outputs[0], geometries, options, layout)[0]
+
+    out = await run_image(runtime, image, timing, prepare, finish, finish_in_thread=True)
+    return DetectResult(out.answer, out.batch_size, out.image)

@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.errors import install_error_handlers
+from service.gallery.routes import router as gallery_router
+from service.gallery.service import Galleries
 from service.logging_config import RequestLogContext
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import (
@@ -44,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         repository = ModelRepository(registry, settings, app.state.metrics)
         app.state.registry = registry
         app.state.repository = repository
+        # the face-gallery database: migrated to head, every gallery's index built
+        app.state.galleries = galleries = await Galleries.open(settings)
+        await galleries.warm()
         loader = asyncio.create_task(repository.start())
         if not settings.background_load:
             await loader
@@ -52,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             loader.cancel()
             await repository.stop()
+            galleries.close()
 
     app = FastAPI(
         title="Image inference service",
@@ -73,7 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(LeaseMiddleware)
     app.add_middleware(
-        ApiKeyMiddleware, keys=settings.accepted_keys(), admin_keys=settings.admin_api_keys
+        ApiKeyMiddleware,
+        keys=settings.accepted_keys(),
+        admin_keys=settings.admin_api_keys,
+        principals=settings.key_principals(),
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -91,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(classify.router)
     app.include_router(detect_router)
     app.include_router(faces_router)
+    app.include_router(gallery_router)
     app.include_router(segment_router)
     app.include_router(playground_router)
     app.include_router(repository_routes.router)

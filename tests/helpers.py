@@ -44,6 +44,8 @@ def settings_for(models_dir: Path, **overrides: object) -> Settings:
     """Settings for tests: load models before serving, one warm-up run, no .env file."""
     values: dict[str, object] = {
         "models_dir": models_dir,
+        # a fresh face-gallery database per app, never the checkout's data/
+        "data_dir": Path(tempfile.mkdtemp(prefix="iis-data-")),
         "background_load": False,
         "warmup_runs": 1,
         "intra_op_threads": 1,

@@ -1,0 +1,1 @@
+"""Alembic migrations of the gallery database (run by service.gallery.db.migrate)."""

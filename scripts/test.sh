@@ -18,6 +18,12 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   fi
 fi
 
+# The face-gallery tests run against SQLite and a real PostgreSQL: Debian's postgresql (installed
+# if missing), a throwaway cluster started here and stopped when this script ends.
+IIS_TEST_DATABASE_URL=$(scripts/postgres.sh start)
+export IIS_TEST_DATABASE_URL IIS_TEST_REQUIRE_POSTGRES=1
+trap 'scripts/postgres.sh stop' EXIT
+
 [ -x .venv-train/bin/python ] || "$PY" -m venv .venv-train
 .venv-train/bin/python -m pip install --quiet --upgrade pip
 .venv-train/bin/python -m pip install --quiet -e ".[export,dev]"

@@ -9,16 +9,23 @@ where it fails.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from tests.helpers import encode
+from tests.helpers import ROOT, encode, free_port
 
 PG_ENV = "IIS_TEST_DATABASE_URL"
 BACKENDS = ["sqlite", "postgresql"]
@@ -82,3 +89,58 @@ def two_people(testdata: Path) -> dict[str, tuple[str, bytes, str]]:
 
 
 GALLERY = "/v1/faces/galleries"
+
+
+class Server:
+    """`python -m service` in its own process over a models folder, killable at will."""
+
+    def __init__(self, models_dir: Path, env: dict[str, str]) -> None:
+        self.models_dir, self.env = models_dir, env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> Server:
+        port = free_port()
+        env = os.environ | {"IIS_MODELS_DIR": str(self.models_dir), "IIS_PORT": str(port),
+                            "IIS_LOG_LEVEL": "warning", "IIS_INTRA_OP_THREADS": "1",
+                            **self.env}  # fmt: skip
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"server did not become ready in 90 s: {self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush; what was committed must be all there is."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def face_models(default_models: Path, into: Path) -> Path:
+    """A models folder with only the face detector and embedder (faster starts)."""
+    for name in ("yunet-2023mar", "sface-2021dec"):
+        shutil.copytree(default_models / name, into / name)
+    return into

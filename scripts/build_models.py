@@ -407,6 +407,15 @@ TEST_DATA: list[PackagedFile | DebFile] = [
             ("cell0009.png", "64359b1482814562"),
         )
     ),
+    # Small objects for the tiling measurements (scripts/bench_tiling.py, held out there): SAHI's
+    # demo photos (MIT) from its sdist: cars on a motorway, jeeps in a desert.
+    *(
+        PackagedFile("sahi==0.12.8", f"sahi-0.12.8/demo/demo_data/{name}", digest, sdist=True)
+        for name, digest in (
+            ("small-vehicles1.jpeg", "e5789862c8d5f828"),
+            ("terrain2.png", "74edb8eb53871163"),
+        )
+    ),
     # The Keras VGG16 ImageNet conv base: tests/test_vgg16_keras.py checks our torch copy of it.
     VGG16_KERAS_ONNX,
 ]

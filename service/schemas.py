@@ -154,14 +154,25 @@ class Detection(BaseModel):
     )
 
 
+class TilingInfo(BaseModel):
+    """How the photo was tiled (`tiling` on /detect and /segment)."""
+
+    mode: Literal["off", "on", "auto"]
+    tiles: int = Field(description="Tiles run besides the whole photo; 0: the whole photo alone.")
+    tile_size: int | None = Field(None, description="Tile side in photo pixels, as run.")
+    overlap: float = Field(description="Fraction of a tile shared with its neighbour.")
+
+
 class DetectResponse(BaseModel):
     model: str
     model_version: int = Field(1, description="The version of `model` that answered.")
     detections: list[Detection] = Field(description="Best score first, after class-wise NMS.")
     image: ImageInfo
     timing_ms: dict[str, float] = Field(
-        description="decode, preprocess, queue, inference, postprocess and total milliseconds."
+        description="decode, preprocess, queue, inference, postprocess and total milliseconds; "
+        "with tiles also tile_preprocess and merge."
     )
+    tiling: TilingInfo | None = Field(None, description="Present when `tiling` was asked for.")
 
     model_config = {
         "json_schema_extra": {
@@ -225,6 +236,7 @@ class SegmentResponse(BaseModel):
     instances: list[SegmentInstance] = Field(description="Best first.")
     image: ImageInfo
     timing_ms: dict[str, float]
+    tiling: TilingInfo | None = Field(None, description="Present when `tiling` was asked for.")
 
     model_config = {
         "json_schema_extra": {

@@ -10,6 +10,7 @@ from service.cards import ModelCard
 from service.images import DecodedImage, EncodedImage, decode
 from service.repository import ModelRegistry
 from service.settings import Settings
+from service.tiling import MAX_TILE, MAX_TILES, MIN_TILE, TilingMode
 from service.timing import Timing, in_thread
 
 # Parameters several routes share, declared once so their limits and docs cannot drift apart.
@@ -37,6 +38,29 @@ ClassFilter = Annotated[
         description="Only these classes: label names or ids, repeated or comma-separated "
         "(`classes=dog,cat` or `classes=16&classes=15`).",
     ),
+]
+TilingParam = Annotated[
+    TilingMode,
+    Query(
+        description="Small objects: also run overlapping tiles of the photo at the model's "
+        "input size and merge them with the whole view. auto: only when the photo's longer "
+        "side is at least twice the model's input side.",
+    ),
+]
+TileSize = Annotated[
+    int | None,
+    Query(
+        ge=MIN_TILE,
+        le=MAX_TILE,
+        description="Tile side in photo pixels (default: the model's input side).",
+    ),
+]
+TileOverlap = Annotated[
+    float, Query(ge=0.0, le=0.75, description="Fraction of a tile shared with its neighbour.")
+]
+MaxTiles = Annotated[
+    int,
+    Query(ge=1, le=MAX_TILES, description="Most tiles per photo; tiles grow to keep within."),
 ]
 
 

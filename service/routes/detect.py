@@ -4,18 +4,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from service.images import EncodedImage
 from service.routes.common import (
     ClassFilter,
     ImageUpload,
     IouThreshold,
+    MaxTiles,
     ModelName,
+    TileOverlap,
+    TileSize,
+    TilingParam,
     app_settings,
     get_registry,
     needed_side,
     read_upload,
 )
-from service.schemas import ERROR_RESPONSES, Detection, DetectResponse, ImageInfo
+from service.schemas import ERROR_RESPONSES, Detection, DetectResponse, ImageInfo, TilingInfo
 from service.tasks.detect import DetectOptions, detect, resolve_classes
+from service.tasks.tiled import detect_tiled
+from service.tiling import TilingOptions
 from service.timing import Timing
 
 router = APIRouter(tags=["detect"])
@@ -33,6 +40,10 @@ async def detect_objects(
         int, Query(ge=1, le=1000, description="Most detections returned, best first.")
     ] = 100,
     classes: ClassFilter = None,
+    tiling: TilingParam = "off",
+    tile_size: TileSize = None,
+    tile_overlap: TileOverlap = 0.25,
+    max_tiles: MaxTiles = 16,
     model: ModelName = None,
 ) -> DetectResponse:
     """Objects in one image: labelled boxes in original pixels, best first."""
@@ -45,6 +56,27 @@ async def detect_objects(
         max_detections=max_detections,
         classes=resolve_classes(classes, labels) if classes else None,
     )
+    if tiling != "off":
+        upload = EncodedImage(await image.read(), app_settings(request).max_pixels, None)
+        tiles = TilingOptions(tiling, tile_size, tile_overlap, max_tiles)
+        tiled = await detect_tiled(runtime, upload, options, tiles, timing)
+        merged = tiled.detections
+        return DetectResponse(
+            model=runtime.name,
+            model_version=runtime.version,
+            detections=[
+                Detection(
+                    label=labels[c] if c < len(labels) else str(c),
+                    class_id=int(c),
+                    score=round(float(s), 5),
+                    box=[round(float(v), 2) for v in box],
+                )
+                for box, c, s in zip(merged.xyxy, merged.class_id, merged.score, strict=True)
+            ],
+            image=ImageInfo(width=tiled.image.width, height=tiled.image.height),
+            timing_ms=timing.report(),
+            tiling=TilingInfo(**vars(tiled.tiling)),
+        )
     upload = await read_upload(image, app_settings(request), min_side=needed_side(runtime.card))
     result = await detect(runtime, upload, options, timing)
     found = result.detections

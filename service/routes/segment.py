@@ -4,11 +4,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from service.images import EncodedImage
 from service.routes.common import (
     ClassFilter,
     ImageUpload,
     IouThreshold,
+    MaxTiles,
     ModelName,
+    TileOverlap,
+    TileSize,
+    TilingParam,
     app_settings,
     decode_upload,
     get_registry,
@@ -19,9 +24,18 @@ from service.schemas import (
     SegmentInstance,
     SegmentMask,
     SegmentResponse,
+    TilingInfo,
 )
 from service.tasks.detect import resolve_classes
-from service.tasks.segment import GraphResize, MaskFormat, SegmentOptions, segment
+from service.tasks.segment import (
+    GraphResize,
+    MaskFormat,
+    SegmentOptions,
+    SegmentResult,
+    segment,
+)
+from service.tasks.tiled import TilingReport, segment_tiled
+from service.tiling import TilingOptions
 from service.timing import Timing
 
 router = APIRouter(tags=["segment"])
@@ -52,6 +66,10 @@ async def segment_instances(
         MaskFormat,
         Query(description="rle: COCO compressed RLE; polygon: COCO polygons; png: 1-bit PNG."),
     ] = "rle",
+    tiling: TilingParam = "off",
+    tile_size: TileSize = None,
+    tile_overlap: TileOverlap = 0.25,
+    max_tiles: MaxTiles = 16,
     model: ModelName = None,
 ) -> SegmentResponse:
     """Object instances in one image: labelled boxes and masks in original pixels, best first."""
@@ -65,13 +83,21 @@ async def segment_instances(
         classes=resolve_classes(classes, labels) if classes else None,
         mask_threshold=mask_threshold,
     )
-    decoded = await decode_upload(
-        image,
-        app_settings(request),
-        timing,
-        min_side=GraphResize.of(runtime.card).min_size,
-    )
-    result = await segment(runtime, decoded, options, mask_format, timing)
+    report: TilingReport | None = None
+    if tiling == "off":
+        decoded = await decode_upload(
+            image,
+            app_settings(request),
+            timing,
+            min_side=GraphResize.of(runtime.card).min_size,
+        )
+        result = await segment(runtime, decoded, options, mask_format, timing)
+    else:
+        upload = EncodedImage(await image.read(), app_settings(request).max_pixels, None)
+        tiles = TilingOptions(tiling, tile_size, tile_overlap, max_tiles)
+        tiled = await segment_tiled(runtime, upload, options, mask_format, tiles, timing)
+        decoded, report = tiled.image, tiled.tiling
+        result = SegmentResult(tiled.instances, tiled.encoded)
     found = result.instances
     instances = [
         SegmentInstance(
@@ -92,4 +118,5 @@ async def segment_instances(
         instances=instances,
         image=ImageInfo(width=decoded.width, height=decoded.height),
         timing_ms=timing.report(),
+        tiling=TilingInfo(**vars(report)) if report else None,
     )

@@ -1,0 +1,282 @@
+"""/detect and /segment with tiling: the photo's own view and its tiles through the model in
+one go, their answers merged (service/tiling.py).
+
+The photo is decoded once, at full resolution (no JPEG draft: tiles need every pixel), and the
+tiles are cut from the decoded array. For the detector (fixed input size, dynamic batch) the
+whole view and the tiles are rows of one tensor, handed to the model's micro-batcher in pieces
+of at most `max_batch` rows, all at once; the batcher runs them as full batches. Mask R-CNN
+exports take one image of any size per run (batch axis fixed at 1), so there each view is its
+own one-row submission, all queued at once: the batcher runs them back to back on its run
+slots without a Python loop over the session or a round trip per tile.
+
+Timing steps beyond a plain request: `tile_preprocess` (cutting and preparing the tiles'
+rows), `merge`; `inference` and `postprocess` cover every view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from service.batching import BatchResult
+from service.images import DecodedImage, EncodedImage
+from service.masks import BoxMask
+from service.preprocess import Geometry
+from service.runtime import ModelRuntime
+from service.tasks import detect as det
+from service.tasks import segment as seg
+from service.tiling import (
+    Candidates,
+    MergeOptions,
+    Tile,
+    TilingOptions,
+    cut_by_edge,
+    merge,
+    plan,
+    to_photo,
+)
+from service.tiling import cut as cut_tiles
+from service.timing import Timing, in_thread
+
+# Per view, before merging: more than a response's max_detections (tiles repeat objects).
+_PER_VIEW = 300
+
+
+@dataclass(frozen=True)
+class TilingReport:
+    """What the response says about tiling: the mode asked, the tiles run (0: the whole view
+    alone), their side in photo pixels and overlap."""
+
+    mode: str
+    tiles: int
+    tile_size: int | None
+    overlap: float
+
+
+def input_side(runtime: ModelRuntime) -> int:
+    """The side the model sees a whole photo at: the card's input size, else the graph's
+    working size (Mask R-CNN's min_size)."""
+    size = runtime.card.preprocess.size
+    if size is not None:
+        return max(size)
+    return seg.GraphResize.of(runtime.card).min_size
+
+
+def _tile_images(image: DecodedImage, tiles: list[Tile]) -> list[DecodedImage]:
+    return [
+        DecodedImage(np.ascontiguousarray(p), p.shape[1], p.shape[0], image.format)
+        for p in cut_tiles(image.pixels, tiles)
+    ]
+
+
+async def _decode(image: DecodedImage | EncodedImage, timing: Timing) -> DecodedImage:
+    if isinstance(image, EncodedImage):
+        full = EncodedImage(image.data, image.max_pixels, None)  # every pixel: no draft
+        image = await in_thread(timing, "decode", full.decode)
+    if image.pixels.shape[:2] != (image.height, image.width):
+        raise ValueError("tiling needs the photo decoded at full size (min_side=None)")
+    return image
+
+
+async def _run_rows(runtime: ModelRuntime, batch: np.ndarray, timing: Timing) -> list[BatchResult]:
+    """All rows through the batcher at once, in submissions of at most max_batch rows."""
+    step = max(1, runtime.max_batch)
+    parts = [batch[i : i + step] for i in range(0, batch.shape[0], step)]
+    return list(await asyncio.gather(*(runtime.infer(p, timing) for p in parts)))
+
+
+def _report(tiling: TilingOptions, tiles: list[Tile]) -> TilingReport:
+    side = max(tiles[0].x1 - tiles[0].x0, tiles[0].y1 - tiles[0].y0) if tiles else None
+    return TilingReport(tiling.mode, len(tiles), side, tiling.overlap)
+
+
+def _merge_options(iou_threshold: float) -> MergeOptions:
+    return MergeOptions(iou_threshold=iou_threshold)
+
+
+# --- detect -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TiledDetectResult:
+    detections: det.Detections
+    batch_size: int
+    image: DecodedImage
+    tiling: TilingReport
+
+
+def merge_detections(
+    views: list[det.Detections],
+    tiles: list[Tile],
+    options: det.DetectOptions,
+    merge_options: MergeOptions,
+) -> det.Detections:
+    """views[0]: the whole photo's detections, views[1:]: each tile's in tile pixels ->
+    merged Detections in photo pixels, best first."""
+    xyxy = [views[0].xyxy] + [to_photo(v.xyxy, t) for v, t in zip(views[1:], tiles, strict=True)]
+    cut = [np.zeros(views[0].score.shape[0], bool)] + [
+        cut_by_edge(b, t) for b, t in zip(xyxy[1:], tiles, strict=True)
+    ]
+    view_ids = [np.full(v.score.shape[0], i - 1, np.int64) for i, v in enumerate(views)]
+    c = Candidates(
+        np.concatenate(xyxy).astype(np.float32).reshape(-1, 4),
+        np.concatenate([v.class_id for v in views]).astype(np.int64),
+        np.concatenate([v.score for v in views]).astype(np.float32),
+        np.concatenate(view_ids),
+        np.concatenate(cut),
+    )
+    merged = merge(c, merge_options)
+    keep = np.flatnonzero(merged.score >= options.score_threshold)[: options.max_detections]
+    return det.Detections(merged.xyxy[keep], merged.class_id[keep], merged.score[keep])
+
+
+async def detect_tiled(
+    runtime: ModelRuntime,
+    image: DecodedImage | EncodedImage,
+    options: det.DetectOptions,
+    tiling: TilingOptions,
+    timing: Timing,
+) -> TiledDetectResult:
+    """Detections in one photo, from its whole view and (per `tiling`) its tiles."""
+    decoded = await _decode(image, timing)
+    tiles = plan(decoded.width, decoded.height, tiling, input_side(runtime))
+    if not tiles:
+        plain = await det.detect(runtime, decoded, options, timing)
+        return TiledDetectResult(plain.detections, plain.batch_size, decoded, _report(tiling, []))
+    card, layout = runtime.card, det.layout_of(runtime.card)
+    whole, whole_geometry = await in_thread(timing, "preprocess", det.preprocess, [decoded], card)
+
+    def prepare_tiles() -> tuple[np.ndarray, list[Geometry]]:
+        return det.preprocess(_tile_images(decoded, tiles), card)
+
+    rows, geometries = await in_thread(timing, "tile_preprocess", prepare_tiles)
+    results = await _run_rows(runtime, np.concatenate([whole, rows]), timing)
+    output = np.concatenate([r.outputs[0] for r in results])
+    per_view = replace(options, max_detections=_PER_VIEW)
+    views = await in_thread(
+        timing,
+        "postprocess",
+        det.postprocess,
+        output,
+        whole_geometry + geometries,
+        per_view,
+        layout,
+    )
+    found = await in_thread(
+        timing,
+        "merge",
+        merge_detections,
+        views,
+        tiles,
+        options,
+        _merge_options(options.iou_threshold),
+    )
+    batch_size = max(r.batch_size for r in results)
+    return TiledDetectResult(found, batch_size, decoded, _report(tiling, tiles))
+
+
+# --- segment ------------------------------------------------------------------------------
+
+
+def _union_mask(masks: list[BoxMask]) -> BoxMask:
+    """The OR of masks over one image, kept to the window they span."""
+    top = min(m.top for m in masks)
+    left = min(m.left for m in masks)
+    bottom = max(m.top + m.bits.shape[0] for m in masks)
+    right = max(m.left + m.bits.shape[1] for m in masks)
+    bits = np.zeros((max(0, bottom - top), max(0, right - left)), dtype=bool)
+    for m in masks:
+        h, w = m.bits.shape
+        bits[m.top - top : m.top - top + h, m.left - left : m.left - left + w] |= m.bits
+    return BoxMask(bits, top, left, masks[0].size)
+
+
+def _to_photo_mask(mask: BoxMask, tile: Tile, size: tuple[int, int]) -> BoxMask:
+    return BoxMask(mask.bits, mask.top + tile.y0, mask.left + tile.x0, size)
+
+
+def merge_instances(
+    views: list[seg.Instances],
+    tiles: list[Tile],
+    size: tuple[int, int],
+    options: seg.SegmentOptions,
+    merge_options: MergeOptions,
+) -> seg.Instances:
+    """views[0]: the whole photo's instances, views[1:]: each tile's (masks over the tile) ->
+    merged Instances over the photo of `size` (height, width): the masks of one object's
+    pieces ORed, its box the union of theirs."""
+    xyxy = [views[0].xyxy] + [to_photo(v.xyxy, t) for v, t in zip(views[1:], tiles, strict=True)]
+    cut = [np.zeros(views[0].score.shape[0], bool)] + [
+        cut_by_edge(b, t) for b, t in zip(xyxy[1:], tiles, strict=True)
+    ]
+    masks = list(views[0].masks) + [
+        _to_photo_mask(m, t, size) for v, t in zip(views[1:], tiles, strict=True) for m in v.masks
+    ]
+    c = Candidates(
+        np.concatenate(xyxy).astype(np.float32).reshape(-1, 4),
+        np.concatenate([v.class_id for v in views]).astype(np.int64),
+        np.concatenate([v.score for v in views]).astype(np.float32),
+        np.concatenate([np.full(v.score.shape[0], i - 1, np.int64) for i, v in enumerate(views)]),
+        np.concatenate(cut),
+    )
+    merged = merge(c, merge_options)
+    keep = np.flatnonzero(merged.score >= options.score_threshold)[: options.max_detections]
+    out_masks = [_union_mask([masks[i] for i in merged.groups[k]]) for k in keep.tolist()]
+    return seg.Instances(merged.xyxy[keep], merged.class_id[keep], merged.score[keep], out_masks)
+
+
+@dataclass(frozen=True)
+class TiledSegmentResult:
+    instances: seg.Instances
+    encoded: list[dict[str, Any]]
+    image: DecodedImage
+    tiling: TilingReport
+
+
+async def segment_tiled(
+    runtime: ModelRuntime,
+    image: DecodedImage | EncodedImage,
+    options: seg.SegmentOptions,
+    mask_format: seg.MaskFormat,
+    tiling: TilingOptions,
+    timing: Timing,
+) -> TiledSegmentResult:
+    """Instances in one photo, from its whole view and (per `tiling`) its tiles."""
+    decoded = await _decode(image, timing)
+    tiles = plan(decoded.width, decoded.height, tiling, input_side(runtime))
+    if not tiles:
+        plain = await seg.segment(runtime, decoded, options, mask_format, timing)
+        return TiledSegmentResult(plain.instances, plain.encoded, decoded, _report(tiling, []))
+    resize = seg.GraphResize.of(runtime.card)
+    whole = await in_thread(timing, "preprocess", seg.preprocess, decoded, resize)
+
+    def prepare_tiles() -> list[tuple[np.ndarray, Geometry]]:
+        return [seg.preprocess(t, resize) for t in _tile_images(decoded, tiles)]
+
+    parts = [whole, *await in_thread(timing, "tile_preprocess", prepare_tiles)]
+    results = await asyncio.gather(*(runtime.infer(t, timing) for t, _ in parts))
+    per_view = replace(options, max_detections=_PER_VIEW)
+
+    def finish_views() -> list[seg.Instances]:
+        return [
+            seg.postprocess(r.outputs, g, per_view)
+            for r, (_, g) in zip(results, parts, strict=True)
+        ]
+
+    views = await in_thread(timing, "postprocess", finish_views)
+    size = (decoded.height, decoded.width)
+    found = await in_thread(
+        timing,
+        "merge",
+        merge_instances,
+        views,
+        tiles,
+        size,
+        options,
+        _merge_options(options.iou_threshold),
+    )
+    encoded = await in_thread(timing, "encode", seg.encode_masks, found.masks, mask_format)
+    return TiledSegmentResult(found, encoded, decoded, _report(tiling, tiles))

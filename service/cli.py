@@ -155,6 +155,10 @@ async def _call(client: AsyncClient, task: str, path: Path, args: argparse.Names
         "iou_threshold": args.iou_threshold,
         "max_detections": args.max_detections,
         "classes": args.classes.split(",") if args.classes else None,
+        "tiling": args.tiling,
+        "tile_size": args.tile_size,
+        "tile_overlap": args.tile_overlap,
+        "max_tiles": args.max_tiles,
         "model": args.model,
     }
     if task == "detect":
@@ -269,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     boxes.add_argument("--iou-threshold", type=float)
     boxes.add_argument("--max-detections", type=int)
     boxes.add_argument("--classes", help="comma list of labels or class ids")
+    boxes.add_argument(
+        "--tiling", choices=["off", "on", "auto"], help="also run overlapping tiles (small objects)"
+    )
+    boxes.add_argument("--tile-size", type=int, help="tile side in photo pixels")
+    boxes.add_argument("--tile-overlap", type=float, help="fraction of a tile shared, 0..0.75")
+    boxes.add_argument("--max-tiles", type=int, help="most tiles per photo, 1..32")
 
     parser = argparse.ArgumentParser(
         prog="iis",

@@ -218,11 +218,16 @@ class Endpoints:
         iou_threshold: float | None = None,
         max_detections: int | None = None,
         classes: Sequence[str] | None = None,
+        tiling: Literal["off", "on", "auto"] | None = None,
+        tile_size: int | None = None,
+        tile_overlap: float | None = None,
+        max_tiles: int | None = None,
         model: str | None = None,
     ) -> Request[DetectResponse]:
         return _post(
             "/detect", DetectResponse, image, score_threshold=score_threshold,
             iou_threshold=iou_threshold, max_detections=max_detections, classes=classes,
+            tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap, max_tiles=max_tiles,
             model=model,
         )  # fmt: skip
 
@@ -236,12 +241,17 @@ class Endpoints:
         classes: Sequence[str] | None = None,
         mask_threshold: float | None = None,
         mask_format: Literal["rle", "polygon", "png"] | None = None,
+        tiling: Literal["off", "on", "auto"] | None = None,
+        tile_size: int | None = None,
+        tile_overlap: float | None = None,
+        max_tiles: int | None = None,
         model: str | None = None,
     ) -> Request[SegmentResponse]:
         return _post(
             "/segment", SegmentResponse, image, score_threshold=score_threshold,
             iou_threshold=iou_threshold, max_detections=max_detections, classes=classes,
-            mask_threshold=mask_threshold, mask_format=mask_format, model=model,
+            mask_threshold=mask_threshold, mask_format=mask_format, tiling=tiling,
+            tile_size=tile_size, tile_overlap=tile_overlap, max_tiles=max_tiles, model=model,
         )  # fmt: skip
 
     @staticmethod

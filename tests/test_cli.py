@@ -136,6 +136,19 @@ def test_detect_and_draw_real_photos(real_server, testdata, tmp_path, capsys):
 
 
 @pytest.mark.real_weights
+def test_detect_with_tiles(real_server, testdata, capsys):
+    code, out, err = iis(capsys, "detect", str(testdata / "kite.jpg"), "--json", "--tiling",
+                         "on", "--tile-size", "320", "--max-tiles", "20",
+                         "--url", real_server)  # fmt: skip
+    assert code == 0, err
+    answer = json.loads(out)["result"]
+    # 6 x 4 tiles of 320 px would pass the cap of 20: they grew to 360 px, 5 x 3
+    assert answer["tiling"] == {"mode": "on", "tiles": 15, "tile_size": 360, "overlap": 0.25}
+    assert "merge" in answer["timing_ms"]
+    assert {"kite", "person"} <= {d["label"] for d in answer["detections"]}
+
+
+@pytest.mark.real_weights
 def test_segment_csv_and_overlay(real_server, tmp_path, capsys):
     from scripts.make_shapes_dataset import make_split, splits
 

@@ -193,6 +193,20 @@ def test_query_parameters_key_header_and_files(tmp_path: Path):
     assert b"\xff\xd8 jpeg" in request.content
 
 
+def test_tiling_parameters_reach_the_query(tmp_path: Path):
+    body = {"model": "s", "instances": [], "image": {"width": 1, "height": 1}, "timing_ms": {},
+            "tiling": {"mode": "on", "tiles": 4, "tile_size": 416, "overlap": 0.2}}  # fmt: skip
+    client, script, _ = scripted(httpx.Response(200, json=body))
+    photo = tmp_path / "beach.jpg"
+    photo.write_bytes(b"\xff\xd8 jpeg")
+    answer = client.segment(photo, tiling="on", tile_size=416, tile_overlap=0.2, max_tiles=8)
+    (request,) = script.requests
+    assert request.url.params.multi_items() == [
+        ("tiling", "on"), ("tile_size", "416"), ("tile_overlap", "0.2"), ("max_tiles", "8"),
+    ]  # fmt: skip
+    assert answer.tiling is not None and answer.tiling.tiles == 4
+
+
 def test_against_the_app(tiny_classifier_dir: Path):
     """Through the real app in-process (its TestClient is an httpx2.Client)."""
     photo = encode(noise_image(64, 48, seed=2), "PNG")

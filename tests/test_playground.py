@@ -242,6 +242,23 @@ def test_detect_draws_a_box_per_detection(browser, real_server, testdata):
     screenshot(browser, "detect")
 
 
+@pytest.mark.real_weights
+def test_detect_with_tiles_says_how_many_ran(browser, real_server, testdata):
+    photo = testdata / "kite.jpg"
+    body = run_task(browser, real_server, "detect", [photo], tiling="on", tile_size="416")
+    direct = httpx.post(
+        f"{real_server}/detect", params={"tiling": "on", "tile_size": 416},
+        files={"image": ("kite.jpg", photo.read_bytes())}, timeout=60,
+    ).json()  # fmt: skip
+    assert body["tiling"] == direct["tiling"] == {
+        "mode": "on", "tiles": 12, "tile_size": 416, "overlap": 0.25,
+    }  # fmt: skip
+    assert body["detections"] == direct["detections"]
+    assert "12 tiles of 416 px" in browser.find_element("id", "timing").text
+    assert len(items(browser)) == len(body["detections"])
+    screenshot(browser, "detect-tiles")
+
+
 def overlay_samples(body: dict[str, Any], count: int) -> list[tuple[int, int, int]]:
     """(x, y, instance) pixels where the page's overlay must show that instance's colour:
     the last mask drawn there is its mask, all around (7x7), and no box outline or label

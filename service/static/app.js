@@ -138,6 +138,9 @@
     if (task === "classify") put("top_k");
     if (task === "detect" || task === "segment") {
       ["score_threshold", "iou_threshold", "max_detections", "classes"].forEach((n) => put(n));
+      if ($("tiling").value !== "off") {
+        ["tiling", "tile_size", "tile_overlap", "max_tiles"].forEach((n) => put(n));
+      }
     }
     if (task === "segment") ["mask_threshold", "mask_format"].forEach((n) => put(n));
     if (task === "verify-faces") ["detector", "metric", "threshold"].forEach((n) => put(n));
@@ -291,7 +294,11 @@
     const model = task === "verify-faces" ? `${body.model} + ${body.detector}` : body.model;
     $("timing").textContent =
       `model ${model} · total ${Math.round(t.total || 0)} ms` +
-      (t.inference !== undefined ? ` · inference ${Math.round(t.inference)} ms` : "");
+      (t.inference !== undefined ? ` · inference ${Math.round(t.inference)} ms` : "") +
+      (body.tiling && body.tiling.tiles
+        ? ` · ${body.tiling.tiles} tiles of ${body.tiling.tile_size} px + whole photo` +
+          ` (tiling ${Math.round((t.tile_preprocess || 0) + (t.merge || 0))} ms)`
+        : "");
     if (task === "classify") await renderClassify(body);
     else if (task === "detect") await renderDetect(body);
     else if (task === "segment") await renderSegment(body);

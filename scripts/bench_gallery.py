@@ -204,12 +204,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path)
     p.add_argument("--log", type=Path, help="keep the server log here")
-    result = run(p.parse_args())
+    args = p.parse_args()
+    result = run(args)
     text = json.dumps(result, indent=2)
     print(text)
-    if p.parse_args().out:
-        p.parse_args().out.parent.mkdir(parents=True, exist_ok=True)
-        p.parse_args().out.write_text(text + "\n")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -195,3 +195,24 @@ def test_two_replicas_on_postgresql_agree(models: Path, tmp_path: Path, testdata
         finally:
             a.stop()
             b.stop()
+
+
+def test_bench_gallery_runs_small(default_models: Path, testdata: Path, tmp_path: Path) -> None:
+    """scripts/bench_gallery.py end to end on a small gallery: its JSON has every figure."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, "scripts/bench_gallery.py", "--photo", str(testdata / "obama3.jpg"),
+         "--faces", "3000", "--requests", "2", "--enrol-clients", "2", "--enrolments", "1",
+         "--threads", "1", "--models", str(default_models), "--out", str(out)],
+        cwd=ROOT, check=True, timeout=300, capture_output=True,
+    )  # fmt: skip
+    got = json.loads(out.read_text())
+    assert got["gallery"]["faces"] == 3000 and got["first_identify_enrolled_faces"] == 3000
+    assert got["enrolment"]["stored"] == got["enrolment"]["enrolments"] == 2
+    assert got["gallery"]["index_mb_per_100k_faces"] == pytest.approx(50.4, abs=0.5)
+    assert got["identify_ms"]["n"] == got["faces_embed_ms"]["n"] == 2

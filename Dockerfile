@@ -19,14 +19,17 @@ RUN IIS_CACHE_DIR=/tmp/cache python scripts/build_models.py --no-test-data --out
 FROM python:3.11-slim
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    IIS_HOST=0.0.0.0 IIS_PORT=8000 IIS_MODELS_DIR=/app/models
+    IIS_HOST=0.0.0.0 IIS_PORT=8000 IIS_MODELS_DIR=/app/models IIS_DATA_DIR=/var/lib/iis
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN pip install . && useradd --create-home --uid 10001 app
+RUN pip install . && useradd --create-home --uid 10001 app \
+ && mkdir -p /var/lib/iis && chown app /var/lib/iis
 COPY --from=models --chown=root:root /models /app/models
-# Runs as non-root. Only /tmp is written (uploads over 1 MB are spooled there), so
-# `docker run --read-only --tmpfs /tmp ...` works.
+# Runs as non-root. Only /tmp (uploads over 1 MB are spooled there) and the face-gallery
+# database in /var/lib/iis (SQLite, unless IIS_DATABASE_URL) are written, so
+# `docker run --read-only --tmpfs /tmp -v iis-data:/var/lib/iis ...` works.
+VOLUME /var/lib/iis
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \

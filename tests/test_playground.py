@@ -82,8 +82,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def real_server(default_models: Path) -> Iterator[str]:
-    yield from start_server(default_models)
+def real_server(default_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # its own gallery database, not data/ of the checkout
+    data = tmp_path_factory.mktemp("data")
+    yield from start_server(default_models, IIS_DATA_DIR=str(data))
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +343,97 @@ def test_verify_faces_shows_the_verdict_and_landmarks(browser, real_server, test
     )
     assert body["verified"] is False
     assert browser.find_element("id", "verdict").text.startswith("Different people")
+
+
+def enrol_on_page(browser: Any, gallery: str, subject: str, photo: Path) -> str:
+    """Fill the identify tab's "Enrol a face" part and press its button; -> its message."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    set_field(browser, "gallery", gallery)
+    set_field(browser, "subject", subject)
+    browser.find_element("id", "enrol-file").send_keys(str(photo))
+    button = browser.find_element("id", "enrol")
+    WebDriverWait(browser, 15).until(lambda d: button.is_enabled())
+    button.click()
+    note = browser.find_element("id", "enrol-status")
+    WebDriverWait(browser, 30).until(
+        lambda d: note.get_attribute("data-state") in ("done", "error")
+    )
+    assert note.get_attribute("data-state") == "done", note.text
+    return str(note.text)
+
+
+def identified(browser: Any, body: dict[str, Any]) -> list[tuple[str, str]]:
+    """(subject or "unknown", colour) per listed face, after checking each face's box edge on
+    the canvas is stroked in that colour."""
+    shown = [(li.get_attribute("data-subject"), li.get_attribute("data-colour"))
+             for li in items(browser)]  # fmt: skip
+    k = canvas_scale(browser, body["image"]["width"])
+    points = [(int(f["box"][0] * k) + 1, int((f["box"][1] + f["box"][3]) / 2 * k))
+              for f in body["faces"]]  # fmt: skip
+    for (_, hex_colour), (_, painted) in zip(shown, pixels(browser, points), strict=True):
+        expected = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
+        assert np.abs(painted - expected).max() <= 3, (hex_colour, painted)
+    return shown
+
+
+@pytest.mark.real_weights
+def test_identify_enrols_and_names_each_face(browser, real_server, testdata):
+    """From the page alone: enrol Obama and Biden into one gallery, Obama alone into another;
+    a third photo of Obama is drawn as "obama", Biden against the Obama-only gallery as
+    "unknown"; the API's errors are shown as its code and message."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(browser, real_server)
+    browser.find_element("css selector", "input[name=task][value='identify']").click()
+    message = enrol_on_page(browser, "pg-office", "obama", testdata / "obama.jpg")
+    assert message.startswith('Enrolled obama.jpg as "obama" in gallery "pg-office"'), message
+    enrol_on_page(browser, "pg-office", "biden", testdata / "biden.jpg")
+    enrol_on_page(browser, "pg-solo", "obama", testdata / "obama.jpg")
+    subjects = httpx.get(f"{real_server}/v1/faces/galleries/pg-office/subjects", timeout=10)
+    assert [(s["subject"], s["faces"]) for s in subjects.json()["subjects"]] == [
+        ("biden", 1), ("obama", 1),
+    ]  # fmt: skip
+
+    body = run_task(browser, real_server, "identify", [testdata / "obama2.jpg"],
+                    gallery="pg-office")  # fmt: skip
+    assert [f["subject"] for f in body["faces"]] == ["obama"]
+    assert body["enrolled_faces"] == 2 and body["faces"][0]["matches"][1]["subject"] == "biden"
+    similarity = body["faces"][0]["similarity"]
+    tags = browser.execute_script("return window.playground.drawnTags")
+    assert tags == [f"obama {similarity:.2f}"]
+    assert [s for s, _ in identified(browser, body)] == ["obama"]
+    assert browser.find_element("id", "verdict").text.startswith("1 face(s): obama")
+    screenshot(browser, "identify")
+
+    body = run_task(browser, real_server, "identify", [testdata / "biden.jpg"], gallery="pg-solo")
+    face = body["faces"][0]
+    assert len(body["faces"]) == 1 and face["subject"] is None
+    assert face["matches"][0]["subject"] == "obama" and face["similarity"] < body["threshold"]
+    tags = browser.execute_script("return window.playground.drawnTags")
+    assert tags == [f"unknown {face['similarity']:.2f}"]
+    assert identified(browser, body) == [("unknown", "#475467")]
+    assert browser.find_element("id", "verdict").text.startswith("1 face(s): 1 unknown")
+    screenshot(browser, "identify-unknown")
+
+    # an unknown gallery: the API's 404, code and message, and what to do about it
+    open_page(browser, real_server)
+    browser.find_element("css selector", "input[name=task][value='identify']").click()
+    browser.find_element("id", "file-a").send_keys(str(testdata / "obama2.jpg"))
+    set_field(browser, "gallery", "pg-nobody")
+    browser.find_element("id", "run").click()
+    result = browser.find_element("id", "result")
+    WebDriverWait(browser, 30).until(lambda d: result.get_attribute("data-state") == "error")
+    error = browser.find_element("id", "error").text
+    assert error.startswith("gallery_not_found: ") and "pg-nobody" in error, error
+    assert "Enrol a face into it first" in error and "(request " in error
+    # a name that cannot go in a URL is refused before anything is sent
+    set_field(browser, "subject", "Barack Obama")
+    browser.find_element("id", "enrol-file").send_keys(str(testdata / "obama.jpg"))
+    browser.find_element("id", "enrol").click()
+    note = browser.find_element("id", "enrol-status")
+    WebDriverWait(browser, 10).until(lambda d: note.get_attribute("data-state") == "error")
+    assert note.text.startswith('Not enrolled: subject name "Barack Obama" is not URL-safe')
 
 
 @pytest.mark.real_weights

@@ -1,6 +1,6 @@
 // Playground for the image inference service: pick a task, upload a photo (two for faces),
-// call the endpoint and draw the answer. Plain browser JavaScript, no dependencies, so the
-// page works offline and needs no build step.
+// call the endpoint and draw the answer; "identify" also enrols faces into a gallery. Plain
+// browser JavaScript, no dependencies, so the page works offline and needs no build step.
 "use strict";
 
 (() => {
@@ -9,7 +9,11 @@
   // Card task served by each endpoint (verify-faces also needs a face-detect model).
   const CARD_TASK = {
     classify: "classify", detect: "detect", segment: "segment", "verify-faces": "face-embed",
+    identify: "face-embed", // the gallery's own embedder: no model picker on that tab
   };
+  // service/gallery/schemas.py NAME_PATTERN: gallery and subject names go in the URL path.
+  const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+  const UNKNOWN = "#475467";
   const PALETTE = [
     "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
     "#f032e6", "#bfef45", "#469990", "#9a6324", "#800000", "#000075",
@@ -18,11 +22,13 @@
   const MAX_CANVAS_SIDE = 2048;
 
   const state = {
-    task: "classify", files: { a: null, b: null }, models: null, busy: false,
+    task: "classify", files: { a: null, b: null }, enrolFile: null, models: null, busy: false,
     drawing: 0, // bumped by clearResult: a preview still decoding then draws nowhere
   };
   // For tests and the curious: the last answer and what the page decoded from it.
-  window.playground = { state, lastResult: null, decodedAreas: [] };
+  window.playground = {
+    state, lastResult: null, decodedAreas: [], drawnTags: [], lastEnrol: null,
+  };
 
   const colour = (i) => PALETTE[((i % PALETTE.length) + PALETTE.length) % PALETTE.length];
   const rgb = (hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
@@ -31,6 +37,38 @@
   function authHeaders() {
     const key = $("api-key").value.trim();
     return key ? { "X-API-Key": key } : {};
+  }
+
+  // fetch + the API's error shape ({"error": {code, message, request_id}}) as an Error.
+  async function callApi(path, init = {}) {
+    const headers = { ...authHeaders(), ...(init.headers || {}) };
+    const r = await fetch(path, { ...init, headers });
+    const body = await r.json().catch(() => null);
+    if (!r.ok) {
+      const e = body && body.error ? body.error
+        : { code: `http_${r.status}`, message: r.statusText || "no answer" };
+      throw Object.assign(new Error(e.message), {
+        code: e.code, requestId: e.request_id, status: r.status,
+      });
+    }
+    return body;
+  }
+
+  function errorText(err) {
+    let text = err.code ? `${err.code}: ${err.message}` : String(err.message || err);
+    if (err.requestId) text += ` (request ${err.requestId})`;
+    return text;
+  }
+
+  const galleryPath = (gallery) => `v1/faces/galleries/${encodeURIComponent(gallery)}`;
+
+  function checkName(what, value) {
+    if (!value) throw new Error(`type a ${what} name`);
+    if (!NAME.test(value)) {
+      throw new Error(`${what} name "${value}" is not URL-safe: use 1 to 64 letters, digits, ` +
+        `". _ -", starting with a letter or digit`);
+    }
+    return value;
   }
 
   function setStatus(kind, text) {
@@ -66,6 +104,22 @@
     fillModelSelect($("model"), CARD_TASK[state.task]);
     fillModelSelect($("detector"), "face-detect");
     refreshRunButton();
+    loadGalleries();
+  }
+
+  // The caller's galleries as suggestions for the gallery field (a new name is fine too).
+  async function loadGalleries() {
+    let body;
+    try {
+      body = await callApi("v1/faces/galleries");
+    } catch (_) {
+      return; // no key yet, or no gallery database: typing a name still works
+    }
+    $("gallery-list").replaceChildren(...body.galleries.map((g) => {
+      const option = new Option(`${g.subjects} subjects, ${g.faces} faces (${g.model})`, g.gallery);
+      option.value = g.gallery;
+      return option;
+    }));
   }
 
   function fillModelSelect(select, task) {
@@ -85,12 +139,13 @@
   function selectTask(task) {
     state.task = task;
     const pair = task === "verify-faces";
-    for (const label of document.querySelectorAll(".params label[data-for]")) {
-      label.hidden = !label.dataset.for.split(" ").includes(task);
+    for (const part of document.querySelectorAll("#controls [data-for]")) {
+      part.hidden = !part.dataset.for.split(" ").includes(task);
     }
     $("drop-b").hidden = !pair;
     const title = $("drop-a").querySelector(".drop-title");
-    title.textContent = pair ? title.dataset.pair : title.dataset.single;
+    title.textContent = pair ? title.dataset.pair
+      : task === "identify" ? title.dataset.identify : title.dataset.single;
     $("model").value = "";
     fillModelSelect($("model"), CARD_TASK[task]);
     refreshRunButton();
@@ -100,7 +155,12 @@
   function refreshRunButton() {
     const needed = state.task === "verify-faces" ? ["a", "b"] : ["a"];
     const haveFiles = needed.every((slot) => state.files[slot]);
-    $("run").disabled = state.busy || !haveFiles || !$("model").value;
+    const identify = state.task === "identify";
+    const haveModel = identify ? $("detector").value && $("gallery").value.trim()
+      : $("model").value;
+    $("run").disabled = state.busy || !haveFiles || !haveModel;
+    $("enrol").disabled = state.busy || !state.enrolFile || !$("detector").value ||
+      !$("gallery").value.trim() || !$("subject").value.trim();
   }
 
   function setFile(slot, file) {
@@ -134,8 +194,8 @@
       const v = $(id).value.trim();
       if (v !== "") q.set(name, v);
     };
-    put("model");
-    if (task === "classify") put("top_k");
+    if (task !== "identify") put("model");
+    if (task === "classify" || task === "identify") put("top_k");
     if (task === "detect" || task === "segment") {
       ["score_threshold", "iou_threshold", "max_detections", "classes"].forEach((n) => put(n));
       if ($("tiling").value !== "off") {
@@ -144,6 +204,7 @@
     }
     if (task === "segment") ["mask_threshold", "mask_format"].forEach((n) => put(n));
     if (task === "verify-faces") ["detector", "metric", "threshold"].forEach((n) => put(n));
+    if (task === "identify") put("detector");
     return q;
   }
 
@@ -162,14 +223,10 @@
     $("result").dataset.state = "running";
     $("error").hidden = true;
     try {
-      const r = await fetch(`${task}?${queryFor(task)}`, {
-        method: "POST", body: form, headers: authHeaders(),
-      });
-      const body = await r.json().catch(() => null);
-      if (!r.ok) {
-        const e = body && body.error ? body.error : { code: `http_${r.status}`, message: r.statusText };
-        throw Object.assign(new Error(e.message), { code: e.code, requestId: e.request_id });
-      }
+      const path = task === "identify"
+        ? `${galleryPath(checkName("gallery", $("gallery").value.trim()))}/identify`
+        : task;
+      const body = await callApi(`${path}?${queryFor(task)}`, { method: "POST", body: form });
       window.playground.lastResult = { task, body };
       await render(task, body);
       $("result").dataset.task = task;
@@ -186,8 +243,52 @@
   function showError(err) {
     const box = $("error");
     box.hidden = false;
-    box.textContent = err.code ? `${err.code}: ${err.message}` : String(err.message || err);
-    if (err.requestId) box.textContent += ` (request ${err.requestId})`;
+    box.textContent = errorText(err);
+    if (err.code === "gallery_not_found") {
+      box.textContent += ". Enrol a face into it first (\"Enrol a face\", on the left).";
+    }
+  }
+
+  // Enrol the chosen photo under the subject: create the subject (and the gallery, if new;
+  // an existing subject is fine), then add the face. Reported next to the button.
+  async function enrol() {
+    const note = $("enrol-status");
+    const file = state.enrolFile;
+    state.busy = true;
+    refreshRunButton();
+    note.dataset.state = "running";
+    note.textContent = `enrolling ${file.name}…`;
+    try {
+      const gallery = checkName("gallery", $("gallery").value.trim());
+      const subject = checkName("subject", $("subject").value.trim());
+      const base = galleryPath(gallery);
+      try {
+        await callApi(`${base}/subjects`, {
+          method: "POST", headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ subject }),
+        });
+      } catch (err) {
+        if (err.code !== "subject_exists") throw err; // more faces of a known subject
+      }
+      const form = new FormData();
+      form.append("image", file);
+      const q = new URLSearchParams({ detector: $("detector").value });
+      const path = `${base}/subjects/${encodeURIComponent(subject)}/faces?${q}`;
+      const body = await callApi(path, { method: "POST", body: form });
+      window.playground.lastEnrol = body;
+      const face = body.faces[0];
+      note.textContent = `Enrolled ${file.name} as "${subject}" in gallery "${gallery}" ` +
+        `(face ${face.face_id}, detector score ${face.score.toFixed(2)}, ` +
+        `quality ${face.quality.toFixed(2)}).`;
+      note.dataset.state = "done";
+      loadGalleries();
+    } catch (err) {
+      note.textContent = `Not enrolled: ${errorText(err)}`;
+      note.dataset.state = "error";
+    } finally {
+      state.busy = false;
+      refreshRunButton();
+    }
   }
 
   // ---- drawing -----------------------------------------------------------------------
@@ -245,6 +346,7 @@
     $("json").textContent = "";
     $("result").dataset.state = "idle";
     window.playground.decodedAreas = [];
+    window.playground.drawnTags = [];
   }
 
   function tag(view, text, x, y, fill) {
@@ -260,6 +362,7 @@
     ctx.fillStyle = "#fff";
     ctx.textBaseline = "top";
     ctx.fillText(text, left + pad, top + pad);
+    window.playground.drawnTags.push(text);
   }
 
   function drawBox(view, box, stroke, text) {
@@ -291,7 +394,8 @@
     clearResult();
     $("json").textContent = JSON.stringify(body, null, 2);
     const t = body.timing_ms || {};
-    const model = task === "verify-faces" ? `${body.model} + ${body.detector}` : body.model;
+    const model = task === "verify-faces" || task === "identify"
+      ? `${body.model} + ${body.detector}` : body.model;
     $("timing").textContent =
       `model ${model} · total ${Math.round(t.total || 0)} ms` +
       (t.inference !== undefined ? ` · inference ${Math.round(t.inference)} ms` : "") +
@@ -302,6 +406,7 @@
     if (task === "classify") await renderClassify(body);
     else if (task === "detect") await renderDetect(body);
     else if (task === "segment") await renderSegment(body);
+    else if (task === "identify") await renderIdentify(body);
     else await renderFaces(body);
   }
 
@@ -475,6 +580,55 @@
     v.append(detail);
   }
 
+  // A colour per subject name (the same person keeps it between photos); grey: unknown.
+  function subjectColour(name) {
+    if (!name) return UNKNOWN;
+    let h = 0;
+    for (const ch of name) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+    return colour(h);
+  }
+
+  async function renderIdentify(body) {
+    const view = await canvasFor(state.files.a, state.files.a.name, body.image);
+    const v = $("verdict");
+    v.hidden = false;
+    delete v.dataset.verified;
+    const names = body.faces.filter((f) => f.subject).map((f) => f.subject);
+    const unknown = body.faces.length - names.length;
+    if (unknown) names.push(`${unknown} unknown`);
+    v.replaceChildren(body.faces.length
+      ? `${body.faces.length} face(s): ${names.join(", ")}` : "No face found in the photo");
+    const detail = document.createElement("small");
+    detail.textContent = `gallery "${body.gallery}" · ${body.enrolled_faces} enrolled ` +
+      `face(s) · a face is named when its best similarity reaches the threshold ` +
+      `${body.threshold}: ${body.threshold_source}`;
+    v.append(detail);
+    if (!body.enrolled_faces) {
+      addItem("the gallery has no enrolled faces yet: enrol some on the left", null);
+    }
+    // draw the largest last, so its label stays on top
+    const order = body.faces.map((f, i) => i)
+      .sort((i, j) => area(body.faces[j].box) - area(body.faces[i].box));
+    for (const i of order) {
+      const f = body.faces[i];
+      const sim = f.similarity === null ? "" : ` ${f.similarity.toFixed(2)}`;
+      drawBox(view, f.box, subjectColour(f.subject), `${f.subject || "unknown"}${sim}`);
+    }
+    body.faces.forEach((f, i) => {
+      const best = f.matches.map((m) => `${m.subject} ${m.similarity.toFixed(3)}`).join(", ");
+      addItem(`face ${i + 1}: ${f.subject || "unknown"}` +
+        (f.similarity === null ? " (the gallery is empty)"
+          : ` · similarity ${f.similarity.toFixed(3)}`) +
+        (best ? ` · closest: ${best}` : "") + ` · detector score ${f.score.toFixed(2)}`,
+      subjectColour(f.subject), {
+        subject: f.subject || "unknown", colour: subjectColour(f.subject),
+        similarity: f.similarity === null ? "" : String(f.similarity),
+      });
+    });
+  }
+
+  const area = ([x1, y1, x2, y2]) => (x2 - x1) * (y2 - y1);
+
   // ---- start -------------------------------------------------------------------------
 
   function start() {
@@ -488,6 +642,20 @@
       radio.addEventListener("change", () => radio.checked && selectTask(radio.value));
     }
     $("model").addEventListener("change", refreshRunButton);
+    for (const id of ["gallery", "subject", "detector"]) {
+      $(id).addEventListener("input", refreshRunButton);
+      $(id).addEventListener("change", refreshRunButton);
+    }
+    $("enrol-file").addEventListener("change", (e) => {
+      state.enrolFile = e.target.files[0] || null;
+      refreshRunButton();
+    });
+    $("enrol").addEventListener("click", enrol);
+    $("subject").addEventListener("keydown", (e) => { // Enter enrols rather than identifies
+      if (e.key !== "Enter") return;
+      e.preventDefault();
+      if (!$("enrol").disabled) enrol();
+    });
     wireDrop("a");
     wireDrop("b");
     $("controls").addEventListener("submit", run);

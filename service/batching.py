@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,24 +29,52 @@ from service.errors import DeadlineExceeded, ModelUnavailable, Overloaded
 log = logging.getLogger("service.batching")
 
 RunFn = Callable[[np.ndarray], Sequence[np.ndarray]]
+# A request's postprocess, run in the batcher's thread right after the batch: its outputs ->
+# its answer. Light work only (a top-k): the next batch waits for it.
+FinishFn = Callable[[list[np.ndarray]], Any]
 
 
 @dataclass(frozen=True)
 class BatchResult:
     """outputs: the model outputs for this request's rows only (each (n, ...)).
-    batch_size: rows in the batch this request ran in (its own plus others')."""
+    batch_size: rows in the batch this request ran in (its own plus others').
+    answer: what the request's `finish` made of its outputs (None without one)."""
 
     outputs: list[np.ndarray]
     queue_ms: float
     run_ms: float
     batch_size: int
+    answer: Any = None
+    finish_ms: float = 0.0
+
+
+def stack_rows(tensors: Sequence[np.ndarray]) -> np.ndarray:
+    """(n_i, ...) tensors of one dtype and row shape -> (sum n_i, ...), read-only.
+
+    One bytes.join instead of np.concatenate: numpy drops the GIL around each input's copy,
+    and each time the batcher's thread must win it back from the event loop and the decode
+    threads, up to a 5 ms switch interval each. Measured here, 8 MobileNetV2 rows beside one
+    busy Python thread: np.concatenate 41 ms, this 0.3 ms (0.3 ms both, alone)."""
+    first = tensors[0]
+    data = b"".join([np.ascontiguousarray(t).data.cast("B") for t in tensors])
+    return np.frombuffer(data, first.dtype).reshape(-1, *first.shape[1:])
 
 
 @dataclass
 class _Pending:
     tensor: np.ndarray
     future: asyncio.Future[BatchResult]
+    finish: FinishFn | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Ran:
+    """What the batcher's thread hands back: the run, and each request's rows and answer."""
+
+    rows: int
+    run_s: float
+    parts: list[tuple[list[np.ndarray], Any, float]]  # outputs, answer (or exception), ms
 
 
 class MicroBatcher:
@@ -126,9 +155,14 @@ class MicroBatcher:
         return BatchResult(outputs, queue_ms=0.0, run_ms=run_s * 1000, batch_size=tensor.shape[0])
 
     async def _acquire_slot(self) -> None:
+        """A run slot for the next batch. One slot beyond `concurrency` is for a full batch
+        only: it waits in the model thread's queue and starts the moment the running batch
+        ends, instead of after the event loop has heard of that end, formed the batch and
+        woken the thread again (5 ms per 30 ms batch, measured at 16 clients)."""
         while True:
             with self._gate:
-                if self._active < self.concurrency:
+                full = self.depth >= self.max_batch
+                if self._active < self.concurrency + (1 if full else 0):
                     self._active += 1
                     self._slot_wanted = False
                     return
@@ -153,9 +187,14 @@ class MicroBatcher:
         if self.observer is not None:
             self.observer(rows, run_s, waits_s)
 
-    async def submit(self, tensor: np.ndarray, timeout: float | None = None) -> BatchResult:
+    async def submit(
+        self, tensor: np.ndarray, timeout: float | None = None, finish: FinishFn | None = None
+    ) -> BatchResult:
         """tensor: (n, ...) rows for one request; n <= max_batch. Past `timeout` seconds the
-        request is dropped from the queue (or its result ignored) and DeadlineExceeded raised."""
+        request is dropped from the queue (or its result ignored) and DeadlineExceeded raised.
+        `finish` turns this request's outputs into its answer in the batcher's thread, so the
+        event loop never runs it (numpy drops the GIL, and getting it back can take
+        milliseconds while decode threads hold it)."""
         if self._closing or self._task is None:
             raise ModelUnavailable(
                 f"model {self.name} is not serving", headers={"Retry-After": "1"}
@@ -168,7 +207,9 @@ class MicroBatcher:
                 headers={"Retry-After": "1"},
             )
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(tensor, future))
+        self._queue.put_nowait(_Pending(tensor, future, finish))
+        if self._slot_wanted and self.depth >= self.max_batch:
+            self._slot_freed.set()  # a full batch may queue behind the running one
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -181,29 +222,41 @@ class MicroBatcher:
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, rows = [first], first.tensor.shape[0]
-        # Waiting for company only pays under concurrency: a lone client (queue empty, last
-        # batch a single request) runs at once instead of paying max_wait on every request.
-        busy = not self._queue.empty() or self._last_rows > first.tensor.shape[0]
-        deadline = time.perf_counter() + (self.max_wait if busy else 0.0)
-        while rows < self.max_batch:
-            timeout = deadline - time.perf_counter()
-            try:
-                item = (
-                    self._queue.get_nowait()
-                    if timeout <= 0
-                    else await asyncio.wait_for(self._queue.get(), timeout)
-                )
-            except (asyncio.QueueEmpty, TimeoutError):
-                break
+
+        def take(item: _Pending) -> bool:
+            nonlocal rows
             fits = rows + item.tensor.shape[0] <= self.max_batch
             if not fits or item.tensor.shape[1:] != first.tensor.shape[1:]:
                 self._carry = item  # different size: it leads the next batch
-                break
+                return False
             batch.append(item)
             rows += item.tensor.shape[0]
+            return True
+
+        # What is queued already joins without a single await: each await here would let a
+        # whole round of other requests' work run before the model starts.
+        while rows < self.max_batch and not self._queue.empty():
+            if not take(self._queue.get_nowait()):
+                return batch
+        # Waiting for company only pays under concurrency: a lone client (queue empty, last
+        # batch a single request) runs at once instead of paying max_wait on every request.
+        if self._last_rows <= first.tensor.shape[0] and len(batch) == 1:
+            return batch
+        deadline = time.perf_counter() + self.max_wait
+        while rows < self.max_batch:
+            timeout = deadline - time.perf_counter()
+            if timeout <= 0:
+                break
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                break
+            if not take(item):
+                break
         return batch
 
     async def _batches(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if self._carry is None:  # wait for work without holding a slot (see try_run)
                 self._carry = await self._queue.get()
@@ -213,47 +266,75 @@ class MicroBatcher:
             except BaseException:
                 self._release_slot(from_loop=True)
                 raise
-            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            live = [p for p in batch if not p.future.done()]  # a cancelled client's is dropped
+            if not live:
+                self._release_slot(from_loop=True)
+                continue
+            # Hand the batch to the model's thread now, not from a task that starts later.
+            started = time.perf_counter()
+            work = [(p.tensor, p.finish) for p in live]
+            running = loop.run_in_executor(self._executor, self._run_in_thread, work)
+            task = loop.create_task(self._deliver(live, started, running))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    async def _deliver(
+        self, live: list[_Pending], started: float, running: asyncio.Future[_Ran]
+    ) -> None:
         try:
-            live = [p for p in batch if not p.future.done()]  # a cancelled client frees its slot
-            if live:
-                await self._execute(live)
-        finally:
-            self._release_slot(from_loop=True)
-
-    async def _execute(self, live: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
-        stacked = (
-            live[0].tensor if len(live) == 1 else np.concatenate([p.tensor for p in live], axis=0)
-        )
-        started = time.perf_counter()
-        try:
-            outputs = await loop.run_in_executor(self._executor, self._run, stacked)
+            ran = await running
         except Exception as exc:  # deliver the failure to every waiter, keep serving
-            log.exception("model %s failed on a batch of %d", self.name, stacked.shape[0])
+            rows = sum(p.tensor.shape[0] for p in live)
+            log.exception("model %s failed on a batch of %d", self.name, rows)
             for p in live:
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
-        run_ms = (time.perf_counter() - started) * 1000
-        self._ran(stacked.shape[0], run_ms / 1000, [started - p.enqueued for p in live])
-        offset = 0
-        for p in live:
-            n = p.tensor.shape[0]
-            if not p.future.done():
-                p.future.set_result(
-                    BatchResult(
-                        outputs=[o[offset : offset + n] for o in outputs],
-                        queue_ms=(started - p.enqueued) * 1000,
-                        run_ms=run_ms,
-                        batch_size=stacked.shape[0],
-                    )
+        finally:
+            # Before the answers: the batch loop, woken first, starts the next batch while
+            # the event loop sends these.
+            self._release_slot(from_loop=True)
+        self._ran(ran.rows, ran.run_s, [started - p.enqueued for p in live])
+        for p, (outputs, answer, finish_ms) in zip(live, ran.parts, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(answer, Exception):
+                p.future.set_exception(answer)
+                continue
+            p.future.set_result(
+                BatchResult(
+                    outputs=outputs,
+                    queue_ms=(started - p.enqueued) * 1000,
+                    run_ms=ran.run_s * 1000,
+                    batch_size=ran.rows,
+                    answer=answer,
+                    finish_ms=finish_ms,
                 )
+            )
+
+    def _run_in_thread(self, work: list[tuple[np.ndarray, FinishFn | None]]) -> _Ran:
+        """The batcher's thread: stack (a copy of every row: not on the event loop), run once,
+        split, and run each request's `finish` on its rows."""
+        tensors = [tensor for tensor, _ in work]
+        stacked = tensors[0] if len(tensors) == 1 else stack_rows(tensors)
+        started = time.perf_counter()
+        outputs = list(self._run(stacked))
+        run_s = time.perf_counter() - started
+        parts: list[tuple[list[np.ndarray], Any, float]] = []
+        offset = 0
+        for tensor, finish in work:
+            n = tensor.shape[0]
+            rows = [o[offset : offset + n] for o in outputs]
             offset += n
+            answer: Any = None
+            t0 = time.perf_counter()
+            if finish is not None:
+                try:
+                    answer = finish(rows)
+                except Exception as exc:  # this request's failure, not the batch's
+                    answer = exc
+            parts.append((rows, answer, (time.perf_counter() - t0) * 1000))
+        return _Ran(stacked.shape[0], run_s, parts)
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Stop taking work, let queued requests finish (up to drain_timeout), then stop."""

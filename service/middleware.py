@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import random
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 
 from starlette.exceptions import HTTPException
@@ -19,6 +19,14 @@ from service.tenancy import Principal
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+def new_request_id() -> str:
+    """32 random hex digits, like uuid4().hex. Not from os.urandom: that drops the GIL for a
+    getrandom() call, and getting it back from the decode threads cost the event loop 20% of
+    its busy time at 16 concurrent requests (py-spy, here). A request id needs uniqueness,
+    not secrecy."""
+    return f"{random.getrandbits(128):032x}"
+
+
 class RequestIdMiddleware:
     """Gives every request an id (the client's X-Request-ID if sane) for logs and error bodies."""
 
@@ -30,7 +38,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope.get("headers", ())).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:

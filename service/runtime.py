@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from service.batching import BatchResult, MicroBatcher, RunFn
+from service.batching import BatchResult, FinishFn, MicroBatcher, RunFn
 from service.cards import CardError, LoadedCard, ModelCard
 from service.checks import check_outputs, check_signature, compare_golden, load_golden
 from service.errors import ModelUnavailable
@@ -241,15 +241,20 @@ class ModelRuntime:
         return list(self.runner(tensor))
 
     async def infer(
-        self, tensor: np.ndarray, timing: Timing, step: str = "inference"
+        self,
+        tensor: np.ndarray,
+        timing: Timing,
+        step: str = "inference",
+        finish: FinishFn | None = None,
     ) -> BatchResult:
         """Queue (n, ...) rows for the next batch and wait for their outputs; the wait goes
-        into `timing` as "queue", the run as `step`."""
+        into `timing` as "queue", the run as `step`. `finish` (light: a top-k) makes the
+        result's `answer` from the outputs in the batcher's thread (see MicroBatcher.submit)."""
         if not self.ready:
             raise ModelUnavailable(
                 f"model {self.name} is still loading", headers={"Retry-After": "2"}
             )
-        result = await self.batcher.submit(tensor, self.timeout_s)
+        result = await self.batcher.submit(tensor, self.timeout_s, finish)
         timing.add("queue", result.queue_ms)
         timing.add(step, result.run_ms)
         return result

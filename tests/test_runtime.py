@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher
+from service.batching import MicroBatcher, stack_rows
 from service.errors import Overloaded
 from service.repository import pick_defaults
 from service.runtime import CPU, CUDA, TENSORRT, choose_providers
@@ -145,6 +145,77 @@ def test_a_lone_request_runs_inline_and_a_busy_model_batches():
         assert batcher.try_run(x) is None  # closed
 
     asyncio.run(scenario())
+
+
+def test_finish_runs_per_request_in_the_batch_thread_and_fails_alone():
+    """submit(finish=...) gets its answer made from its own rows, off the event loop; a
+    finish that raises fails only its own request."""
+    model = RecordingModel(delay=0.02)
+    batcher = MicroBatcher(model, name="m", max_batch=4, max_wait_ms=20, max_queue=64)
+    loop_thread = threading.get_ident()
+    seen_threads: set[int] = set()
+
+    def finish(outputs: list[np.ndarray]) -> float:
+        seen_threads.add(threading.get_ident())
+        if float(outputs[1][0]) == 4.0 * 2:  # request 2's rows
+            raise ValueError("bad rows")
+        return float(outputs[0].max())
+
+    async def scenario() -> list[object]:
+        batcher.start()
+        calls = [
+            batcher.submit(np.full((1, 2, 2), i, np.float32), finish=finish) for i in range(4)
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert model.batches == [4]
+    assert [r.answer for r in results if not isinstance(r, BaseException)] == [0.0, 2.0, 6.0]
+    assert isinstance(results[2], ValueError)
+    assert loop_thread not in seen_threads and len(seen_threads) == 1
+
+
+def test_a_full_batch_waits_in_the_model_thread_not_on_the_event_loop():
+    """With a full batch queued behind the running one, the model's thread starts it the
+    moment the first ends, even while the event loop is busy elsewhere."""
+    spans: list[tuple[float, float]] = []
+
+    def model(x: np.ndarray) -> list[np.ndarray]:
+        started = time.perf_counter()
+        time.sleep(0.05)
+        spans.append((started, time.perf_counter()))
+        return [x * 2]
+
+    batcher = MicroBatcher(model, name="m", max_batch=4, max_wait_ms=0, max_queue=64)
+
+    async def scenario() -> list[int]:
+        batcher.start()
+        calls = [
+            asyncio.ensure_future(batcher.submit(np.full((1, 2), i, np.float32)))
+            for i in range(8)
+        ]
+        while not spans and batcher.batches_run == 0 and batcher.depth:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)  # the first batch runs, the second is formed
+        time.sleep(0.2)  # the event loop is busy: nothing it does can start a batch now
+        results = await asyncio.gather(*calls)
+        await batcher.close()
+        for i, r in enumerate(results):
+            np.testing.assert_array_equal(r.outputs[0], [[2.0 * i, 2.0 * i]])
+        return [r.batch_size for r in results]
+
+    assert asyncio.run(scenario()) == [4] * 8
+    (_, first_end), (second_start, _) = spans
+    assert second_start - first_end < 0.03, spans
+
+
+def test_stack_rows_is_concatenate():
+    rows = [np.random.default_rng(i).random((n, 3, 2), np.float32) for i, n in enumerate([1, 2, 1])]
+    stacked = stack_rows(rows)
+    np.testing.assert_array_equal(stacked, np.concatenate(rows))
+    assert stacked.dtype == np.float32 and stacked.flags.c_contiguous
 
 
 def test_full_queue_is_refused_with_retry_after():

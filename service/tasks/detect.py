@@ -183,5 +183,5 @@ async def detect(
     def finish(outputs: list[np.ndarray], geometries: list[Geometry]) -> Detections:
         return postprocess(outputs[0], geometries, options, layout)[0]
 
-    out = await run_image(runtime, image, timing, prepare, finish, finish_in_thread=True)
+    out = await run_image(runtime, image, timing, prepare, finish, heavy_finish=True)
     return DetectResult(out.answer, out.batch_size, out.image)

@@ -6,7 +6,9 @@ large share of a 3 ms model's request. So the steps before the model run in one 
 thread, and when the model is idle (a lone client) the run and the postprocess happen in that
 same thread too: one hop per request, as in a plain synchronous handler. When the model is
 busy the tensor joins its next micro-batch instead (MicroBatcher.try_run decides), and
-`finish` runs after the batch, on the event loop or, when it is heavy, in a worker thread.
+`finish` runs after the batch in the batcher's thread or, when it is heavy, in a worker
+thread: never on the event loop, where numpy's GIL releases (and the wait to get it back
+from the decode threads) would stall every other request.
 
 Step times (decode, preprocess, queue, inference, postprocess) go into the request's Timing on
 the event loop: worker threads only measure.
@@ -23,7 +25,7 @@ import numpy as np
 
 from service.images import DecodedImage, EncodedImage
 from service.runtime import ModelRuntime
-from service.timing import Timing, in_thread, off_loop
+from service.timing import Timing, image_pool, off_loop
 
 M = TypeVar("M")  # what preprocess hands to postprocess: geometries, ...
 R = TypeVar("R")  # one image's answer
@@ -85,20 +87,24 @@ async def run_image(
     prepare: Prepare[M],
     finish: Finish[M, R],
     *,
-    finish_in_thread: bool = False,
+    heavy_finish: bool = False,
 ) -> Outcome[R]:
-    """decode -> `prepare` -> run -> `finish` for one image (see the module doc).
-    `finish_in_thread`: after a batched run, postprocess in a worker thread (NMS), not on the
-    event loop (a top-k)."""
-    staged = await off_loop(_stage, runtime, image, prepare, finish)
+    """decode -> `prepare` -> run -> `finish` for one image (see the module doc). After a
+    batched run `finish` runs in the batcher's thread right after the batch (a top-k), or,
+    with `heavy_finish` (NMS over many boxes), in a worker thread so that the model's thread
+    can start the next batch. Never on the event loop."""
+    staged = await off_loop(_stage, runtime, image, prepare, finish, pool=image_pool())
     for step, ms in staged.steps.items():
         timing.add(step, ms)
     if staged.batch_size:
         return Outcome(staged.image, staged.answer, staged.batch_size)  # type: ignore[arg-type]
-    result = await runtime.infer(staged.tensor, timing)
-    if finish_in_thread:
-        answer = await in_thread(timing, "postprocess", finish, result.outputs, staged.meta)
-    else:
+    meta = staged.meta
+    if heavy_finish:
+        result = await runtime.infer(staged.tensor, timing)
         with timing.step("postprocess"):
-            answer = finish(result.outputs, staged.meta)
+            answer = await off_loop(finish, result.outputs, meta, pool=image_pool())
+    else:
+        result = await runtime.infer(staged.tensor, timing, finish=lambda o: finish(o, meta))
+        timing.add("postprocess", result.finish_ms)
+        answer = result.answer
     return Outcome(staged.image, answer, result.batch_size)

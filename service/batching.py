@@ -127,15 +127,15 @@ class MicroBatcher:
             self._task = self._loop.create_task(self._batches(), name=self.name)
 
     def try_run(self, tensor: np.ndarray) -> BatchResult | None:
-        """From a worker thread: run `tensor` ((n, ...) rows) right here when a run slot is
-        free and no request is queued, else None (then `submit` it). Saves the hop to the
-        batcher's thread and back for a lone client; under load the queue is never empty,
-        so requests still batch."""
+        """From a worker thread: run `tensor` ((n, ...) rows) right here when nothing runs and
+        nothing is queued, else None (then `submit` it). Saves the hop to the batcher's thread
+        and back for a lone client; under load something always runs or waits, so requests
+        still batch (with batch_concurrency > 1 too)."""
         with self._gate:
             if (
                 self._closing
                 or self._task is None
-                or self._active >= self.concurrency
+                or self._active  # not while anything runs: then batching pays
                 or self._carry is not None
                 or self._queue.qsize()  # a deque's length: safe to read from any thread
                 or tensor.shape[0] > self.max_batch

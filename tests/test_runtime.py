@@ -113,12 +113,15 @@ def test_batch_concurrency_bounds_the_runs_in_flight(concurrency):
     assert all(1 <= int(s) <= 2 for s in sizes)
 
 
-def test_a_lone_request_runs_inline_and_a_busy_model_batches():
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_lone_request_runs_inline_and_a_busy_model_batches(concurrency):
     """try_run (from a worker thread) runs at once only when no run is in flight and nothing
-    is queued; inline runs and batches share the run slots, so they never overlap past
-    `concurrency`, and what it refuses still batches."""
+    is queued (whatever batch_concurrency allows); inline runs and batches share the run
+    slots, and what it refuses still batches."""
     model = OverlapModel(delay=0.05)
-    batcher = MicroBatcher(model, name="m", max_batch=4, max_wait_ms=5, max_queue=64)
+    batcher = MicroBatcher(
+        model, name="m", max_batch=4, max_wait_ms=5, max_queue=64, concurrency=concurrency
+    )
 
     async def scenario() -> None:
         x = np.full((1, 2, 2), 3, np.float32)
@@ -129,7 +132,7 @@ def test_a_lone_request_runs_inline_and_a_busy_model_batches():
         np.testing.assert_array_equal(lone.outputs[0], x * 2)
         assert model.batches == [1] and batcher.batches_run == 1
 
-        # an inline run holds the slot: queued requests wait for it, then batch together
+        # an inline run holds a slot: queued requests batch (beside it, with a second slot)
         inline = asyncio.ensure_future(asyncio.to_thread(batcher.try_run, x))
         while model.inside == 0:
             await asyncio.sleep(0.001)
@@ -140,7 +143,7 @@ def test_a_lone_request_runs_inline_and_a_busy_model_batches():
         assert [r.batch_size for r in results] == [3, 3, 3]
         for i, r in enumerate(results):
             np.testing.assert_array_equal(r.outputs[0], np.full((1, 2, 2), 2 * i, np.float32))
-        assert model.peak == 1 and model.batches == [1, 1, 3]
+        assert model.peak == concurrency and model.batches == [1, 1, 3]
         await batcher.close()
         assert batcher.try_run(x) is None  # closed
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service.errors import InvalidParameter, InvalidRequest, PayloadTooLarge, ServiceError
-from service.images import DecodedImage, decode
+from service.images import DecodedImage, EncodedImage, decode
 from service.oip import InputTensor, OutputTensor
 from service.repository import ModelRegistry
 from service.routes.common import needed_side
@@ -225,10 +225,12 @@ async def _classify(
     runtime: ModelRuntime, images: Sequence[bytes], ctx: ImageRequest
 ) -> dict[str, OutputTensor]:
     top_k = _integer(ctx.parameters, "top_k", 5, 1, 100)
-    read = _decoder(ctx, needed_side(runtime.card))
+    side = needed_side(runtime.card)
 
     async def one(data: bytes) -> Predictions:
-        return (await classify(runtime, await read(data), top_k, ctx.timing)).predictions
+        # decoded in the thread that preprocesses it (one hop; see service.tasks.pipeline)
+        image = EncodedImage(data, ctx.max_pixels, side)
+        return (await classify(runtime, image, top_k, ctx.timing)).predictions
 
     found = await _each(images, runtime.max_batch, one)
     ids = np.stack([p.class_id for p in found]).astype(np.int64)
@@ -248,12 +250,13 @@ async def _detect(
         iou_threshold=_number(params, "iou_threshold", 0.45, 0.0, 1.0),
         max_detections=_integer(params, "max_detections", 100, 1, 1000),
     )
-    read = _decoder(ctx, needed_side(runtime.card))
+    side = needed_side(runtime.card)
 
     async def one(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if runtime.card.task == "segment":
             return await _segment(runtime, data, options, ctx)
-        found = (await detect(runtime, await read(data), options, ctx.timing)).detections
+        image = EncodedImage(data, ctx.max_pixels, side)
+        found = (await detect(runtime, image, options, ctx.timing)).detections
         return found.xyxy, found.class_id, found.score
 
     results = await _each(images, runtime.max_batch, one)

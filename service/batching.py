@@ -32,6 +32,8 @@ RunFn = Callable[[np.ndarray], Sequence[np.ndarray]]
 # A request's postprocess, run in the batcher's thread right after the batch: its outputs ->
 # its answer. Light work only (a top-k): the next batch waits for it.
 FinishFn = Callable[[list[np.ndarray]], Any]
+DoneFn = Callable[[], bool]  # the request's future.done: read from the model's thread
+_DROPPED = object()  # the part of a request that was left out of its batch
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,7 @@ class MicroBatcher:
                 continue
             # Hand the batch to the model's thread now, not from a task that starts later.
             started = time.perf_counter()
-            work = [(p.tensor, p.finish) for p in live]
+            work = [(p.tensor, p.finish, p.future.done) for p in live]
             running = loop.run_in_executor(self._executor, self._run_in_thread, work)
             task = loop.create_task(self._deliver(live, started, running))
             self._inflight.add(task)
@@ -294,9 +296,10 @@ class MicroBatcher:
             # Before the answers: the batch loop, woken first, starts the next batch while
             # the event loop sends these.
             self._release_slot(from_loop=True)
-        self._ran(ran.rows, ran.run_s, [started - p.enqueued for p in live])
+        if ran.rows:
+            self._ran(ran.rows, ran.run_s, [started - p.enqueued for p in live])
         for p, (outputs, answer, finish_ms) in zip(live, ran.parts, strict=True):
-            if p.future.done():
+            if p.future.done() or answer is _DROPPED:
                 continue
             if isinstance(answer, Exception):
                 p.future.set_exception(answer)
@@ -312,17 +315,25 @@ class MicroBatcher:
                 )
             )
 
-    def _run_in_thread(self, work: list[tuple[np.ndarray, FinishFn | None]]) -> _Ran:
+    def _run_in_thread(self, work: list[tuple[np.ndarray, FinishFn | None, DoneFn]]) -> _Ran:
         """The batcher's thread: stack (a copy of every row: not on the event loop), run once,
-        split, and run each request's `finish` on its rows."""
-        tensors = [tensor for tensor, _ in work]
+        split, and run each request's `finish` on its rows. A request whose caller has gone
+        (past its deadline, or disconnected) while the batch waited for this thread is left
+        out: its rows are never run."""
+        dropped = [done() for _, _, done in work]
+        tensors = [tensor for (tensor, _, _), gone in zip(work, dropped, strict=True) if not gone]
+        if not tensors:
+            return _Ran(0, 0.0, [([], _DROPPED, 0.0) for _ in work])
         stacked = tensors[0] if len(tensors) == 1 else stack_rows(tensors)
         started = time.perf_counter()
         outputs = list(self._run(stacked))
         run_s = time.perf_counter() - started
         parts: list[tuple[list[np.ndarray], Any, float]] = []
         offset = 0
-        for tensor, finish in work:
+        for (tensor, finish, _), gone in zip(work, dropped, strict=True):
+            if gone:
+                parts.append(([], _DROPPED, 0.0))
+                continue
             n = tensor.shape[0]
             rows = [o[offset : offset + n] for o in outputs]
             offset += n

@@ -7,8 +7,12 @@ the same load client, in one run.
     python scripts/bench.py --models classifier --concurrency 1,16 --seconds 10
     python scripts/bench.py --models path/to/my-model-folder --photos my.jpg --out artifacts/b
 
-Everything runs on loopback, bounded by --requests and --seconds per measurement. Each server
-is started and stopped by this script, one at a time, with the same ONNX Runtime thread count:
+Everything runs on loopback, bounded by --requests and --seconds per measurement. Every server
+of a model and photo is started by this script (the same ONNX Runtime thread count for all),
+warmed up and paused; then, --rounds times, each is resumed in turn and measured at every
+concurrency level while the others are paused (SIGSTOP), the raw ceiling first in each round.
+A burst from another job on the machine so costs one round of every stack, not one stack; the
+table gives the median of the rounds' throughputs and percentiles over all their requests:
 
   raw         in this process: decode + preprocess + session.run + postprocess, at batch 1
               (latency) and at the batch size that gives the most images/s (the ceiling)
@@ -48,7 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -120,48 +124,58 @@ def staged_models_dir(folder: Path, tmp: Path) -> Path:
 # ---------------------------------------------------------------------------- raw ceiling
 
 
-def raw_ceiling(
-    folder: Path, photo: bytes, threads: int, seconds: float, batches: list[int]
-) -> dict[str, Any]:
-    """In-process onnxruntime with the service's own decode, preprocess and postprocess."""
-    from scripts.bench_apps.pipeline import Pipeline
-    from service.images import decode
-    from service.routes.common import needed_side
+class RawCeiling:
+    """In-process onnxruntime with the service's own decode, preprocess and postprocess: the
+    latency at batch 1 and the images/s at each batch size, with no HTTP at all. Measured a
+    round at a time (between the servers' rounds, all of them paused), summed up over all."""
 
-    pipe = Pipeline.load(folder, threads)
-    side = needed_side(pipe.card)
+    def __init__(self, folder: Path, photo: bytes, threads: int, batches: list[int]) -> None:
+        from scripts.bench_apps.pipeline import Pipeline
+        from service.images import decode
+        from service.routes.common import needed_side
 
-    def step(n: int) -> None:
-        images = [decode(photo, max_pixels=40_000_000, min_side=side) for _ in range(n)]
-        tensor, geometries = pipe.prepare(images)
-        pipe.answer(pipe.run(tensor), geometries)
+        self.pipe = Pipeline.load(folder, threads)
+        side = needed_side(self.pipe.card)
+        self.decode = lambda: decode(photo, max_pixels=40_000_000, min_side=side)
+        self.batches = batches
+        self.latencies: list[float] = []
+        self.rates: dict[int, list[float]] = {n: [] for n in batches}
+        for n in (1, max(batches)):  # warm-up, both shapes
+            self.step(n)
 
-    for n in (1, max(batches)):  # warm-up, both shapes
-        step(n)
-    latencies = []
-    stop_at = time.perf_counter() + seconds
-    while len(latencies) < 30 or (time.perf_counter() < stop_at and len(latencies) < 500):
-        t0 = time.perf_counter()
-        step(1)
-        latencies.append((time.perf_counter() - t0) * 1000)
-    per_batch: dict[str, float] = {}
-    for n in batches:
-        step(n)
-        rates = []
-        stop_at = time.perf_counter() + seconds / len(batches)
-        while len(rates) < 3 or time.perf_counter() < stop_at:
+    def step(self, n: int) -> None:
+        images = [self.decode() for _ in range(n)]
+        tensor, geometries = self.pipe.prepare(images)
+        self.pipe.answer(self.pipe.run(tensor), geometries)
+
+    def round(self, seconds: float) -> None:
+        stop_at = time.perf_counter() + seconds / 2
+        taken = 0
+        while taken < 30 or (time.perf_counter() < stop_at and taken < 300):
             t0 = time.perf_counter()
-            step(n)
-            rates.append(n / (time.perf_counter() - t0))
-        per_batch[str(n)] = round(statistics.median(rates), 2)
-    best = max(per_batch, key=lambda k: per_batch[k])
-    return {
-        "batch1_latency_ms": benchkit.summary(latencies),
-        "batch1_throughput_rps": round(1000 / statistics.median(latencies), 2),
-        "throughput_by_batch_rps": per_batch,
-        "best_batch": int(best),
-        "best_throughput_rps": per_batch[best],
-    }
+            self.step(1)
+            self.latencies.append((time.perf_counter() - t0) * 1000)
+            taken += 1
+        for n in self.batches:
+            self.step(n)
+            stop_at = time.perf_counter() + seconds / 2 / len(self.batches)
+            rates: list[float] = []
+            while len(rates) < 3 or time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                self.step(n)
+                rates.append(n / (time.perf_counter() - t0))
+            self.rates[n] += rates
+
+    def summary(self) -> dict[str, Any]:
+        per_batch = {str(n): round(statistics.median(r), 2) for n, r in self.rates.items()}
+        best = max(per_batch, key=lambda k: per_batch[k])
+        return {
+            "batch1_latency_ms": benchkit.summary(self.latencies),
+            "batch1_throughput_rps": round(1000 / statistics.median(self.latencies), 2),
+            "throughput_by_batch_rps": per_batch,
+            "best_batch": int(best),
+            "best_throughput_rps": per_batch[best],
+        }
 
 
 # ---------------------------------------------------------------------------- servers
@@ -256,51 +270,103 @@ def answer_of(task: str, body: Any) -> str:
     return ",".join(labels)
 
 
-def bench_server(
-    stack: str, folder: Path, task: str, photo: bytes, args: argparse.Namespace, tmp: Path
-) -> dict[str, Any]:
-    port = benchkit.free_port()
-    out: dict[str, Any] = {"levels": {}}
-    with start(stack, folder, port, args, tmp) as server:
-        send, client = sender(stack, server.url, task, folder.name, photo)
-        warm = asyncio.run(
-            benchkit.drive(
-                send,
-                concurrency=max(args.concurrency),
-                requests=4 * max(args.concurrency),
-                seconds=60,
-                warmup=0,
-                client=client,
-            )
+def measure(
+    server: benchkit.Server,
+    send: benchkit.Send,
+    client: benchkit.OpenClient,
+    concurrency: int,
+    args: argparse.Namespace,
+) -> tuple[benchkit.LoadResult, float]:
+    """One measurement: the load result and the server's CPU seconds spent on it (its 2c
+    unmeasured warm-up requests included: the same share for every stack)."""
+    cpu_before = server.cpu_seconds()
+    result = asyncio.run(
+        benchkit.drive(
+            send,
+            concurrency=concurrency,
+            requests=args.requests,
+            seconds=args.seconds,
+            warmup=2 * concurrency,
+            client=client,
         )
-        out["answer"] = answer_of(task, warm.first_body)
-        out["rss_mb_after_warmup"] = round(server.rss_mb(), 1)
-        for c in args.concurrency:
-            cpu_before = server.cpu_seconds()
-            r = asyncio.run(
-                benchkit.drive(
-                    send,
-                    concurrency=c,
-                    requests=args.requests,
-                    seconds=args.seconds,
-                    warmup=2 * c,
-                    client=client,
-                )
+    )
+    return result, server.cpu_seconds() - cpu_before
+
+
+def bench_servers(
+    names: list[str],
+    folder: Path,
+    task: str,
+    photo: bytes,
+    args: argparse.Namespace,
+    tmp: Path,
+    raw: RawCeiling | None = None,
+) -> dict[str, Any]:
+    """Start every server in `names`, warm each up, then measure in `args.rounds` rounds: each
+    round runs every concurrency level on every server, the servers' order rotating, and the
+    servers not being measured are paused. A burst from other jobs on the machine then costs
+    one round of every stack, not every round of one. Per level: the median of the rounds'
+    throughputs; latency percentiles over all rounds' requests; server CPU over all rounds.
+    `raw` takes its round first in each round, every server paused."""
+    out: dict[str, Any] = {}
+    live: dict[str, tuple[benchkit.Server, benchkit.Send, benchkit.OpenClient]] = {}
+    runs: dict[tuple[str, int], list[tuple[benchkit.LoadResult, float]]] = {}
+    top = max(args.concurrency)
+    with ExitStack() as servers:
+        for name in names:
+            port = benchkit.free_port()
+            server = servers.enter_context(start(name, folder, port, args, tmp))
+            send, client = sender(name, server.url, task, folder.name, photo)
+            warm = asyncio.run(
+                benchkit.drive(send, concurrency=top, requests=4 * top, seconds=60, client=client)
             )
-            level = r.to_json()
-            # includes the 2c warm-up requests' share: the same for every stack
-            cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / max(1, r.ok + 2 * c)
-            level["server_cpu_ms_per_request"] = round(cpu_ms, 2)
-            out["levels"][str(c)] = level
-            lat = level["latency_ms"]
-            print(
-                f"  {stack:10s} c={c:<3d} {r.throughput:8.1f} req/s  p50 {lat['p50']:8.2f} ms"
-                f"  p99 {lat['p99']:8.2f} ms  cpu {cpu_ms:5.2f} ms/req"
-                f"  ({r.ok} ok, {sum(r.statuses.values()) - r.ok} not)",
-                flush=True,
-            )
-        out["rss_mb_after_run"] = round(server.rss_mb(), 1)
-    return out
+            out[name] = {
+                "answer": answer_of(task, warm.first_body),
+                "rss_mb_after_warmup": round(server.rss_mb(), 1),
+                "levels": {},
+            }
+            server.pause()
+            live[name] = (server, send, client)
+        for r in range(args.rounds):
+            if raw is not None:
+                raw.round(args.seconds)
+            order = names[r % len(names) :] + names[: r % len(names)] if names else []
+            for name in order:
+                server, send, client = live[name]
+                server.resume()
+                for c in args.concurrency:
+                    runs.setdefault((name, c), []).append(measure(server, send, client, c, args))
+                server.pause()
+            print(f"  round {r + 1}/{args.rounds} done", flush=True)
+        for name in names:
+            server = live[name][0]
+            server.resume()
+            out[name]["rss_mb_after_run"] = round(server.rss_mb(), 1)
+    for (name, c), measured in runs.items():
+        merged = benchkit.LoadResult()
+        for result, _ in measured:
+            merged.latencies_ms += result.latencies_ms
+            merged.server_ms += result.server_ms
+            merged.seconds += result.seconds
+            for status, n in result.statuses.items():
+                merged.statuses[status] = merged.statuses.get(status, 0) + n
+        level = merged.to_json()
+        rates = [result.throughput for result, _ in measured]
+        level["throughput_rps"] = round(statistics.median(rates), 2)
+        level["throughput_rounds_rps"] = [round(rate, 1) for rate in rates]
+        served = sum(result.ok + 2 * c for result, _ in measured)
+        cpu_ms = sum(cpu for _, cpu in measured) * 1000 / max(1, served)
+        level["server_cpu_ms_per_request"] = round(cpu_ms, 2)
+        out[name]["levels"][str(c)] = level
+        lat = level["latency_ms"]
+        print(
+            f"  {name:10s} c={c:<3d} {level['throughput_rps']:8.1f} req/s "
+            f"(rounds {', '.join(f'{x:.0f}' for x in rates)})  p50 {lat['p50']:8.2f} ms"
+            f"  p99 {lat['p99']:8.2f} ms  cpu {cpu_ms:5.2f} ms/req"
+            f"  ({merged.ok} ok, {sum(merged.statuses.values()) - merged.ok} not)",
+            flush=True,
+        )
+    return {name: out[name] for name in names}
 
 
 # ---------------------------------------------------------------------------- report
@@ -376,7 +442,9 @@ def cases(result: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Run {result['started']} on {result['machine']}; ONNX Runtime {result['onnxruntime']}, "
-        f"{result['threads']} threads per session; 1-minute load average "
+        f"{result['threads']} threads per session; req/s: median of "
+        f"{result['settings']['rounds']} interleaved rounds of up to "
+        f"{result['settings']['requests']} requests; 1-minute load average "
         f"{result['load_average'][0]:.2f} at the start, {result['load_average'][1]:.2f} at the "
         f"end; `{result['command']}`",
         "",
@@ -488,8 +556,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--stacks", default=",".join(STACKS), help=f"comma list of {', '.join(STACKS)}")
     p.add_argument("--concurrency", default="1,4,16")
-    p.add_argument("--requests", type=int, default=600, help="per measurement, at most")
-    p.add_argument("--seconds", type=float, default=15.0, help="per measurement, at most")
+    p.add_argument("--requests", type=int, default=400, help="per measurement, at most")
+    p.add_argument("--seconds", type=float, default=10.0, help="per measurement, at most")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="measurements per stack and level, interleaved"
+    )
     p.add_argument(
         "--photos",
         default=",".join(PHOTOS),
@@ -551,21 +622,26 @@ def bench_case(
 ) -> dict[str, Any]:
     """Every stack asked for, on one model and one photo."""
     stacks: dict[str, Any] = {}
+    raw = None
     if "raw" in args.stacks:
-        stacks["raw"] = raw_ceiling(folder, photo, args.threads, args.seconds, args.raw_batches)
-        r = stacks["raw"]
-        print(
-            f"  raw        batch 1 p50 {r['batch1_latency_ms']['p50']:.2f} ms; best batch "
-            f"{r['best_batch']}: {r['best_throughput_rps']:.1f} img/s",
-            flush=True,
-        )
+        raw = RawCeiling(folder, photo, args.threads, args.raw_batches)
+    names = []
     for stack in SERVERS:
         if stack not in args.stacks:
             continue
         if stack in OIP_STACKS and task != "classify":
             print(f"  {stack:10s} skipped: the OIP image client here reads a classifier's labels")
             continue
-        stacks[stack] = bench_server(stack, folder, task, photo, args, tmp)
+        names.append(stack)
+    servers = bench_servers(names, folder, task, photo, args, tmp, raw)
+    if raw is not None:
+        stacks["raw"] = r = raw.summary()
+        print(
+            f"  raw        batch 1 p50 {r['batch1_latency_ms']['p50']:.2f} ms; best batch "
+            f"{r['best_batch']}: {r['best_throughput_rps']:.1f} img/s",
+            flush=True,
+        )
+    stacks.update(servers)
     answers = {s: d["answer"] for s, d in stacks.items() if "answer" in d}
     case = {
         "stacks": stacks,
@@ -600,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_wait_ms": args.max_wait_ms,
             "requests": args.requests,
             "seconds": args.seconds,
+            "rounds": args.rounds,
             "service_env": args.service_env,
         },
         "load_average": [round(os.getloadavg()[0], 2)],

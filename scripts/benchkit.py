@@ -113,6 +113,14 @@ class Server:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
 
+    def pause(self) -> None:
+        """SIGSTOP the server's process group: an idle server still spends CPU (LitServe's
+        workers poll: 10% of a core here) that would go missing from another's measurement."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
 
 def wait_ready(
     url: str, process: subprocess.Popen[bytes], timeout: float, log: Path | None
@@ -140,6 +148,7 @@ def stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
     """SIGINT the server's process group (uvicorn drains), then SIGKILL what is left."""
     if process.poll() is None:
         try:
+            os.killpg(process.pid, signal.SIGCONT)  # a paused server cannot drain
             os.killpg(process.pid, signal.SIGINT)
             process.wait(timeout=grace)
         except (ProcessLookupError, subprocess.TimeoutExpired):

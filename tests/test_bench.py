@@ -106,6 +106,7 @@ def test_a_tiny_side_by_side_run_over_real_sockets(
         "--concurrency", "1,3",
         "--requests", "12",
         "--seconds", "5",
+        "--rounds", "2",
         "--raw-batches", "1,2",
         "--photos", str(photo),
         "--out", str(out),
@@ -118,7 +119,8 @@ def test_a_tiny_side_by_side_run_over_real_sockets(
     for stack in stacks[1:]:
         for c in ("1", "3"):
             level = case["stacks"][stack]["levels"][c]
-            assert level["requests_ok"] == 12, (stack, c, level)
+            assert level["requests_ok"] == 24, (stack, c, level)  # 2 rounds of 12
+            assert len(level["throughput_rounds_rps"]) == 2
             assert level["non_200"] == {}
             assert level["latency_ms"]["p50"] > 0
             assert level["server_cpu_ms_per_request"] > 0

@@ -56,43 +56,30 @@ async def detect_objects(
         max_detections=max_detections,
         classes=resolve_classes(classes, labels) if classes else None,
     )
+    tiling_info = None
     if tiling != "off":
         upload = EncodedImage(await image.read(), app_settings(request).max_pixels, None)
         tiles = TilingOptions(tiling, tile_size, tile_overlap, max_tiles)
         tiled = await detect_tiled(runtime, upload, options, tiles, timing)
-        merged = tiled.detections
-        return DetectResponse(
-            model=runtime.name,
-            model_version=runtime.version,
-            detections=[
-                Detection(
-                    label=labels[c] if c < len(labels) else str(c),
-                    class_id=int(c),
-                    score=round(float(s), 5),
-                    box=[round(float(v), 2) for v in box],
-                )
-                for box, c, s in zip(merged.xyxy, merged.class_id, merged.score, strict=True)
-            ],
-            image=ImageInfo(width=tiled.image.width, height=tiled.image.height),
-            timing_ms=timing.report(),
-            tiling=TilingInfo(**vars(tiled.tiling)),
-        )
-    upload = await read_upload(image, app_settings(request), min_side=needed_side(runtime.card))
-    result = await detect(runtime, upload, options, timing)
-    found = result.detections
-    detections = [
-        Detection(
-            label=labels[c] if c < len(labels) else str(c),
-            class_id=int(c),
-            score=round(float(s), 5),
-            box=[round(float(v), 2) for v in box],
-        )
-        for box, c, s in zip(found.xyxy, found.class_id, found.score, strict=True)
-    ]
+        found, image_info = tiled.detections, tiled.image
+        tiling_info = TilingInfo(**vars(tiled.tiling))
+    else:
+        upload = await read_upload(image, app_settings(request), min_side=needed_side(runtime.card))
+        result = await detect(runtime, upload, options, timing)
+        found, image_info = result.detections, result.image
     return DetectResponse(
         model=runtime.name,
         model_version=runtime.version,
-        detections=detections,
-        image=ImageInfo(width=result.image.width, height=result.image.height),
+        detections=[
+            Detection(
+                label=labels[c] if c < len(labels) else str(c),
+                class_id=int(c),
+                score=round(float(s), 5),
+                box=[round(float(v), 2) for v in box],
+            )
+            for box, c, s in zip(found.xyxy, found.class_id, found.score, strict=True)
+        ],
+        image=ImageInfo(width=image_info.width, height=image_info.height),
         timing_ms=timing.report(),
+        tiling=tiling_info,
     )

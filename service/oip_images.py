@@ -158,6 +158,8 @@ async def _each(
             except ServiceError as exc:
                 raise type(exc)(f"image {i}: {exc.message}", headers=exc.headers) from None
 
+    if len(images) == 1:  # the common case: no task, gather or gate to pay for
+        return [await one(0, images[0])]
     return await gather_all([one(i, d) for i, d in enumerate(images)])
 
 

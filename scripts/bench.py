@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -301,16 +302,18 @@ def bench_servers(
     args: argparse.Namespace,
     tmp: Path,
     raw: RawCeiling | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[float]]:
     """Start every server in `names`, warm each up, then measure in `args.rounds` rounds: each
     round runs every concurrency level on every server, the servers' order rotating, and the
     servers not being measured are paused. A burst from other jobs on the machine then costs
     one round of every stack, not every round of one. Per level: the median of the rounds'
     throughputs; latency percentiles over all rounds' requests; server CPU over all rounds.
-    `raw` takes its round first in each round, every server paused."""
+    `raw` takes its round first in each round, every server paused. Also returns the 1-minute
+    load average after each round."""
     out: dict[str, Any] = {}
     live: dict[str, tuple[benchkit.Server, benchkit.Send, benchkit.OpenClient]] = {}
     runs: dict[tuple[str, int], list[tuple[benchkit.LoadResult, float]]] = {}
+    loads: list[float] = []  # 1-minute load average after each round
     top = max(args.concurrency)
     with ExitStack() as servers:
         for name in names:
@@ -337,7 +340,9 @@ def bench_servers(
                 for c in args.concurrency:
                     runs.setdefault((name, c), []).append(measure(server, send, client, c, args))
                 server.pause()
-            print(f"  round {r + 1}/{args.rounds} done", flush=True)
+            load = round(os.getloadavg()[0], 2)
+            loads.append(load)
+            print(f"  round {r + 1}/{args.rounds} done, 1-minute load average {load}", flush=True)
         for name in names:
             server = live[name][0]
             server.resume()
@@ -366,7 +371,7 @@ def bench_servers(
             f"  ({merged.ok} ok, {sum(merged.statuses.values()) - merged.ok} not)",
             flush=True,
         )
-    return {name: out[name] for name in names}
+    return {name: out[name] for name in names}, loads
 
 
 # ---------------------------------------------------------------------------- report
@@ -475,6 +480,10 @@ def markdown(result: dict[str, Any]) -> str:
                     f"{level['server_cpu_ms_per_request']:.2f} | {rss} |"
                 )
                 rss = ""
+    lines.append("")
+    for name, photo, case in cases(result):
+        loads = ", ".join(f"{x:.2f}" for x in case.get("load_average_by_round", []))
+        lines.append(f"{name}, {photo}: 1-minute load average after each round {loads}  ")
     lines += ["", "| model | photo | target | measured | holds |", "|---|---|---|---|---|"]
     for name, photo, case in cases(result):
         for c in case["targets"]:
@@ -633,7 +642,7 @@ def bench_case(
             print(f"  {stack:10s} skipped: the OIP image client here reads a classifier's labels")
             continue
         names.append(stack)
-    servers = bench_servers(names, folder, task, photo, args, tmp, raw)
+    servers, loads = bench_servers(names, folder, task, photo, args, tmp, raw)
     if raw is not None:
         stacks["raw"] = r = raw.summary()
         print(
@@ -645,6 +654,7 @@ def bench_case(
     answers = {s: d["answer"] for s, d in stacks.items() if "answer" in d}
     case = {
         "stacks": stacks,
+        "load_average_by_round": loads,
         "answers": answers,
         "answers_agree": len(set(answers.values())) <= 1,
     }
@@ -653,8 +663,6 @@ def bench_case(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     import onnxruntime as ort
 
     from service.cards import read_card

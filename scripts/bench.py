@@ -308,12 +308,13 @@ def bench_servers(
     servers not being measured are paused. A burst from other jobs on the machine then costs
     one round of every stack, not every round of one. Per level: the median of the rounds'
     throughputs; latency percentiles over all rounds' requests; server CPU over all rounds.
-    `raw` takes its round first in each round, every server paused. Also returns the 1-minute
-    load average after each round."""
+    `raw` takes its round first in each round, every server paused. Also returns, per round,
+    how many cores the machine's other jobs kept busy meanwhile (all CPU time less this
+    process's and the servers')."""
     out: dict[str, Any] = {}
     live: dict[str, tuple[benchkit.Server, benchkit.Send, benchkit.OpenClient]] = {}
     runs: dict[tuple[str, int], list[tuple[benchkit.LoadResult, float]]] = {}
-    loads: list[float] = []  # 1-minute load average after each round
+    loads: list[float] = []  # cores other jobs on the machine used, per round
     top = max(args.concurrency)
     with ExitStack() as servers:
         for name in names:
@@ -334,15 +335,24 @@ def bench_servers(
             if raw is not None:
                 raw.round(args.seconds)
             order = names[r % len(names) :] + names[: r % len(names)] if names else []
+            busy0, ours0 = benchkit.machine_busy_seconds(), time.process_time()
+            ours0 += sum(live[name][0].cpu_seconds() for name in names)
+            wall0 = time.perf_counter()
             for name in order:
                 server, send, client = live[name]
                 server.resume()
                 for c in args.concurrency:
                     runs.setdefault((name, c), []).append(measure(server, send, client, c, args))
                 server.pause()
-            load = round(os.getloadavg()[0], 2)
-            loads.append(load)
-            print(f"  round {r + 1}/{args.rounds} done, 1-minute load average {load}", flush=True)
+            ours = time.process_time() + sum(live[name][0].cpu_seconds() for name in names)
+            others = (benchkit.machine_busy_seconds() - busy0 - (ours - ours0)) / (
+                time.perf_counter() - wall0
+            )
+            loads.append(round(max(others, 0.0), 2))
+            print(
+                f"  round {r + 1}/{args.rounds} done; other jobs used {loads[-1]:.2f} cores",
+                flush=True,
+            )
         for name in names:
             server = live[name][0]
             server.resume()
@@ -482,8 +492,8 @@ def markdown(result: dict[str, Any]) -> str:
                 rss = ""
     lines.append("")
     for name, photo, case in cases(result):
-        loads = ", ".join(f"{x:.2f}" for x in case.get("load_average_by_round", []))
-        lines.append(f"{name}, {photo}: 1-minute load average after each round {loads}  ")
+        loads = ", ".join(f"{x:.2f}" for x in case.get("other_jobs_cores_by_round", []))
+        lines.append(f"{name}, {photo}: cores used by other jobs in each round: {loads}  ")
     lines += ["", "| model | photo | target | measured | holds |", "|---|---|---|---|---|"]
     for name, photo, case in cases(result):
         for c in case["targets"]:
@@ -654,7 +664,7 @@ def bench_case(
     answers = {s: d["answer"] for s, d in stacks.items() if "answer" in d}
     case = {
         "stacks": stacks,
-        "load_average_by_round": loads,
+        "other_jobs_cores_by_round": loads,
         "answers": answers,
         "answers_agree": len(set(answers.values())) <= 1,
     }

@@ -36,6 +36,6 @@ echo "==> mypy service"
 echo "==> hadolint (Dockerfile, deploy/Dockerfile.cuda)"
 PATH="$PWD/.venv-train/bin:$PATH" scripts/lint_docker.sh
 echo "==> mkdocs build --strict"
-NO_MKDOCS_2_WARNING=1 .venv-train/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 .venv-train/bin/mkdocs build --strict --site-dir "$(mktemp -d)"
 echo "==> pytest"
 .venv-train/bin/python -m pytest "$@"

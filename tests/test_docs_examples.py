@@ -206,6 +206,8 @@ def _mismatches(answer: str, printed: str) -> list[str]:
         for b in ALL
     ],
 )
+@pytest.mark.e2e
+@pytest.mark.real_weights
 def test_example(block: Block, live_url: str, workdir: Path):
     address = live_url.removeprefix("http://")
     code = ADDRESS.sub(address, block.code)

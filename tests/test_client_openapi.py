@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import pytest
@@ -167,6 +166,8 @@ def test_client_methods_carry_the_endpoints_signatures():
         assert list(inspect.signature(method).parameters)[1:] == list(endpoint.parameters)
 
 
-def test_none_is_not_sent(tmp_path: Path):
+def test_none_is_not_sent_and_an_unknown_parameter_is_refused():
     request = Endpoints.detect(b"x", score_threshold=None, classes=["dog", "7"], tiling="on")
     assert request.call.params == (("classes", "dog"), ("classes", "7"), ("tiling", "on"))
+    with pytest.raises(TypeError, match="/classify takes no parameter top_kk"):
+        Endpoints.classify(b"x", top_kk=3)  # type: ignore[call-arg]

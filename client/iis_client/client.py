@@ -210,15 +210,20 @@ def _params(values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 @dataclass(frozen=True)
 class Route(Generic[Answer]):
-    """One endpoint: HTTP method, path, its form's file fields and the model it answers with."""
+    """One endpoint: HTTP method, path, the model it answers with, its query parameters (an
+    `iis_client.params` TypedDict, or None) and its form's file fields."""
 
     method: str
     path: str
     answer: type[Answer]
-    files: tuple[str, ...] = ()
+    params: Any = None
+    files: tuple[str, ...] = ("image",)
     probe: bool = False
 
     def request(self, *images: ImageSource, **params: Any) -> Request[Answer]:
+        known = self.params.__optional_keys__ if self.params else frozenset()
+        if unknown := sorted(set(params) - known):
+            raise TypeError(f"{self.path} takes no parameter {', '.join(unknown)}")
         pairs = zip(self.files, images, strict=True)
         files = {field: read_image(image, field) for field, image in pairs}
         call = Call(self.method, self.path, _params(params), files or None)
@@ -233,24 +238,25 @@ class Endpoints:
     @staticmethod
     def classify(image: ImageSource, **params: Unpack[ClassifyParams]) -> Request[ClassifyResponse]:
         """Top-k classes for one image."""
-        return Route("POST", "/classify", ClassifyResponse, ("image",)).request(image, **params)
+        return Route("POST", "/classify", ClassifyResponse, ClassifyParams).request(image, **params)
 
     @staticmethod
     def detect(image: ImageSource, **params: Unpack[DetectParams]) -> Request[DetectResponse]:
         """Objects in one image: labelled boxes in original pixels, best first."""
-        return Route("POST", "/detect", DetectResponse, ("image",)).request(image, **params)
+        return Route("POST", "/detect", DetectResponse, DetectParams).request(image, **params)
 
     @staticmethod
     def segment(image: ImageSource, **params: Unpack[SegmentParams]) -> Request[SegmentResponse]:
         """Object instances in one image: labelled boxes and masks, best first."""
-        return Route("POST", "/segment", SegmentResponse, ("image",)).request(image, **params)
+        return Route("POST", "/segment", SegmentResponse, SegmentParams).request(image, **params)
 
     @staticmethod
     def verify_faces(
         image_a: ImageSource, image_b: ImageSource, **params: Unpack[VerifyFacesParams]
     ) -> Request[VerifyFacesResponse]:
         """Do the largest faces of two photos belong to the same person?"""
-        route = Route("POST", "/verify-faces", VerifyFacesResponse, ("image_a", "image_b"))
+        files = ("image_a", "image_b")
+        route = Route("POST", "/verify-faces", VerifyFacesResponse, VerifyFacesParams, files)
         return route.request(image_a, image_b, **params)
 
     @staticmethod
@@ -258,17 +264,19 @@ class Endpoints:
         image: ImageSource, **params: Unpack[EmbedFacesParams]
     ) -> Request[FaceEmbedResponse]:
         """Every face in one photo with its box, landmarks and L2-normalised embedding."""
-        return Route("POST", "/faces/embed", FaceEmbedResponse, ("image",)).request(image, **params)
+        return Route("POST", "/faces/embed", FaceEmbedResponse, EmbedFacesParams).request(
+            image, **params
+        )
 
     @staticmethod
     def models() -> Request[ModelsResponse]:
         """The models the server has loaded, its defaults and its runtime."""
-        return Route("GET", "/v1/models", ModelsResponse).request()
+        return Route("GET", "/v1/models", ModelsResponse, files=()).request()
 
     @staticmethod
     def ready() -> Request[ReadyResponse]:
         """/readyz without retrying: 503 (still loading) is an answer here, not an error."""
-        return Route("GET", "/readyz", ReadyResponse, probe=True).request()
+        return Route("GET", "/readyz", ReadyResponse, files=(), probe=True).request()
 
 
 def _method(method: Method, endpoint: Callable[..., Any], owner: str) -> Method:

@@ -8,11 +8,12 @@ FROM python:3.11-slim AS models
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
+COPY client ./client
 COPY service ./service
 COPY scripts ./scripts
 # The CPU build of torch keeps this stage at ~1 GB instead of ~6 GB.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch torchvision \
- && pip install ".[export]"
+ && pip install ./client ".[export]"
 RUN IIS_CACHE_DIR=/tmp/cache python scripts/build_models.py --no-test-data --out /models
 
 # ---- stage 2: the service ----
@@ -21,9 +22,11 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     IIS_HOST=0.0.0.0 IIS_PORT=8000 IIS_MODELS_DIR=/app/models IIS_DATA_DIR=/var/lib/iis
 WORKDIR /app
+# The service and the client distribution's models (client/; not its command's extra).
 COPY pyproject.toml README.md ./
+COPY client ./client
 COPY service ./service
-RUN pip install . && useradd --create-home --uid 10001 app \
+RUN pip install ./client . && useradd --create-home --uid 10001 app \
  && mkdir -p /var/lib/iis && chown app /var/lib/iis
 COPY --from=models --chown=root:root /models /app/models
 # Runs as non-root. Only /tmp (uploads over 1 MB are spooled there) and the face-gallery

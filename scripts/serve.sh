@@ -28,7 +28,7 @@ else
   echo "==> building the default models (first run only; cached afterwards)"
   [ -x .venv-train/bin/python ] || "$PY" -m venv .venv-train
   .venv-train/bin/python -m pip install --quiet --upgrade pip
-  .venv-train/bin/python -m pip install --quiet -e ".[export]"
+  .venv-train/bin/python -m pip install --quiet -e ./client -e ".[export]"
   .venv-train/bin/python scripts/build_models.py --only "${QUICK[@]}" --no-test-data
   # --check notes "(being built by pid N into DIR)" when a build holds the segmenter's lock
   building='being built by pid ([0-9]+) into (.+)\)'
@@ -46,7 +46,8 @@ fi
 echo "==> installing the service (no torch) into .venv"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+# the service needs the client distribution's models (client/): one pip command installs both
+.venv/bin/python -m pip install --quiet -e ./client -e .
 
 # Models dropped into models/ (the segmenter below, or a user's own) load without a restart.
 export IIS_MODEL_CONTROL=${IIS_MODEL_CONTROL:-poll}

@@ -26,13 +26,14 @@ trap 'scripts/postgres.sh stop' EXIT
 
 [ -x .venv-train/bin/python ] || "$PY" -m venv .venv-train
 .venv-train/bin/python -m pip install --quiet --upgrade pip
-.venv-train/bin/python -m pip install --quiet -e ".[export,dev]"
+# client/ (its own distribution, with the `iis` command) in the same pip command as the service
+.venv-train/bin/python -m pip install --quiet -e "./client[cli]" -e ".[export,dev]"
 .venv-train/bin/python scripts/build_models.py
 
 echo "==> ruff"
 .venv-train/bin/ruff check .
-echo "==> mypy service"
-.venv-train/bin/mypy service
+echo "==> mypy service client"
+.venv-train/bin/mypy service client/iis_client
 echo "==> hadolint (Dockerfile, deploy/Dockerfile.cuda)"
 PATH="$PWD/.venv-train/bin:$PATH" scripts/lint_docker.sh
 echo "==> mkdocs build --strict"

@@ -24,13 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from iis_client.params import TilingMode as TilingMode  # re-exported for the routes
 from service.boxes import area, batched_nms
-
-TilingMode = Literal["off", "on", "auto"]
 
 # Limits a request cannot raise: the tiles of one photo (the photo's own view not counted),
 # and the tile side in pixels.

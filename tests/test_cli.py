@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.annotate import PALETTE
-from service.cli import main
-from service.client import Client
-from service.masks import decode_rle
+from iis_client.annotate import PALETTE
+from iis_client.cli import main
+from iis_client.client import Client
+from iis_client.masks import decode_rle
 from tests.helpers import encode, noise_image, start_server
 
 SHAPES = {"circle", "square", "triangle", "star"}
@@ -102,7 +102,7 @@ def test_unreachable_server_and_missing_files(photos, capsys):
 
 def test_installed_console_script(tiny_server, photos):
     script = Path(sys.executable).with_name("iis")
-    assert script.exists(), "pip install -e . registers the `iis` console script"
+    assert script.exists(), "pip install -e ./client registers the `iis` console script"
     run = subprocess.run(
         [str(script), "classify", str(photos / "a.png"), "--top-k", "1", "--url", tiny_server],
         capture_output=True, text=True, timeout=60,

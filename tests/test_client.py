@@ -1,4 +1,4 @@
-"""service.client: typed answers, error mapping, retries on 429/503 after Retry-After, the API
+"""iis_client.client: typed answers, error mapping, retries on 429/503 after Retry-After, the API
 key header; sync over the app in-process, async over a real socket."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from service.client import ApiError, AsyncClient, Client, RetryPolicy, retry_after_seconds
-from service.schemas import ClassifyResponse
+from iis_client.client import ApiError, AsyncClient, Client, RetryPolicy, retry_after_seconds
+from iis_client.schemas import ClassifyResponse
 from tests.helpers import encode, noise_image, serve, start_server
 
 OK_BODY = {

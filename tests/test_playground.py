@@ -439,7 +439,7 @@ def test_identify_enrols_and_names_each_face(browser, real_server, testdata):
 @pytest.mark.real_weights
 def test_metrics_count_every_endpoint(real_server, testdata, shapes_photo):
     """/metrics, read with Prometheus' own parser, counts each task endpoint and batch."""
-    from service.client import Client
+    from iis_client.client import Client
 
     def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = httpx.get(f"{real_server}/metrics", timeout=10).text

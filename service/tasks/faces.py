@@ -19,11 +19,11 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from iis_client.params import FaceMetric as Metric  # /verify-faces `metric`, as the client sends it
 from service.boxes import nms
 from service.cards import ARCFACE_TEMPLATE as CARD_ARCFACE_TEMPLATE
 from service.cards import FaceDetectPostprocess, FaceEmbedPostprocess, ModelCard, Preprocess
@@ -32,8 +32,6 @@ from service.images import DecodedImage
 from service.preprocess import Geometry, normalize_into, to_batch
 from service.runtime import ModelRuntime
 from service.timing import Timing, in_thread
-
-Metric = Literal["cosine", "euclidean"]
 
 # ArcFace / InsightFace 112x112 template; the order matches YuNet's landmarks: right eye, left
 # eye, nose tip, right mouth corner, left mouth corner (the subject's right is the image's left).

@@ -21,11 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from iis_client.params import MaskFormat as MaskFormat  # re-exported for the routes
 from service.boxes import batched_nms
 from service.cards import ModelCard, SegmentPostprocess
 from service.images import DecodedImage
@@ -33,8 +34,6 @@ from service.masks import BoxMask, encode_rle, png_base64, polygons
 from service.preprocess import Geometry
 from service.runtime import ModelRuntime
 from service.timing import Timing, in_thread
-
-MaskFormat = Literal["rle", "polygon", "png"]
 
 
 @dataclass(frozen=True)

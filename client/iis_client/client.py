@@ -1,6 +1,6 @@
 """Typed Python client for the service, sync (`Client`) and async (`AsyncClient`).
 
-    from service.client import Client
+    from iis_client import Client
 
     with Client("http://127.0.0.1:8000", api_key="s3cret") as iis:
         top = iis.classify("cat.jpg", top_k=3).predictions[0]
@@ -19,16 +19,25 @@ import email.utils
 import inspect
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, get_args
+from typing import IO, Any, Concatenate, Generic, ParamSpec, TypeVar, get_args, overload
 
 import httpx2
 from pydantic import BaseModel
+from typing_extensions import Unpack
 
-from service.schemas import (
+from iis_client.params import (
+    ClassifyParams,
+    DetectParams,
+    EmbedFacesParams,
+    SegmentParams,
+    VerifyFacesParams,
+)
+from iis_client.schemas import (
     ClassifyResponse,
     DetectResponse,
     FaceEmbedResponse,
@@ -47,6 +56,9 @@ Answer = TypeVar("Answer", bound=BaseModel)
 Sent = TypeVar("Sent")  # what the transport's request() returns: a Response, or its awaitable
 Method = TypeVar("Method", bound=Callable[..., Any])
 P = ParamSpec("P")
+Http = TypeVar("Http", httpx2.Client, httpx2.AsyncClient)
+Sleep = TypeVar("Sleep", Callable[[float], None], Callable[[float], Awaitable[None]])
+DEFAULT_URL = "http://127.0.0.1:8000"
 RETRIED_STATUSES = frozenset({429, 503})
 RETRIED_ERRORS: tuple[type[Exception], ...] = (httpx2.ConnectError, httpx2.ConnectTimeout)
 
@@ -183,7 +195,7 @@ def read_image(image: ImageSource, default_name: str = "image") -> tuple[str, by
     return Path(str(name)).name, image.read()
 
 
-def _params(**values: Any) -> tuple[tuple[str, str], ...]:
+def _params(values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """Query parameters, leaving out None (the server's default then applies)."""
     out: list[tuple[str, str]] = []
     for name, value in values.items():
@@ -196,100 +208,75 @@ def _params(**values: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _post(path: str, answer: type[Answer], image: ImageSource, **options: Any) -> Request[Answer]:
-    return Request(Call("POST", path, _params(**options), {"image": read_image(image)}), answer)
+@dataclass(frozen=True)
+class Route(Generic[Answer]):
+    """One endpoint: HTTP method, path, the model it answers with, its query parameters (an
+    `iis_client.params` TypedDict, or None) and its form's file fields."""
+
+    method: str
+    path: str
+    answer: type[Answer]
+    params: Any = None
+    files: tuple[str, ...] = ("image",)
+    probe: bool = False
+
+    def request(self, *images: ImageSource, **params: Any) -> Request[Answer]:
+        known = self.params.__optional_keys__ if self.params else frozenset()
+        if unknown := sorted(set(params) - known):
+            raise TypeError(f"{self.path} takes no parameter {', '.join(unknown)}")
+        pairs = zip(self.files, images, strict=True)
+        files = {field: read_image(image, field) for field, image in pairs}
+        call = Call(self.method, self.path, _params(params), files or None)
+        return Request(call, self.answer, self.probe)
 
 
 class Endpoints:
-    """Every endpoint once: its signature, the request it sends, the model it answers with.
-    `Client` and `AsyncClient` turn each into a method that sends and parses."""
+    """Every endpoint once: its signature (the query parameters are `iis_client.params`), the
+    request it sends, the model it answers with. `Client` and `AsyncClient` turn each into a
+    method that sends and parses."""
 
     @staticmethod
-    def classify(
-        image: ImageSource, *, top_k: int | None = None, model: str | None = None
-    ) -> Request[ClassifyResponse]:
-        return _post("/classify", ClassifyResponse, image, top_k=top_k, model=model)
+    def classify(image: ImageSource, **params: Unpack[ClassifyParams]) -> Request[ClassifyResponse]:
+        """Top-k classes for one image."""
+        return Route("POST", "/classify", ClassifyResponse, ClassifyParams).request(image, **params)
 
     @staticmethod
-    def detect(
-        image: ImageSource,
-        *,
-        score_threshold: float | None = None,
-        iou_threshold: float | None = None,
-        max_detections: int | None = None,
-        classes: Sequence[str] | None = None,
-        tiling: Literal["off", "on", "auto"] | None = None,
-        tile_size: int | None = None,
-        tile_overlap: float | None = None,
-        max_tiles: int | None = None,
-        model: str | None = None,
-    ) -> Request[DetectResponse]:
-        return _post(
-            "/detect", DetectResponse, image, score_threshold=score_threshold,
-            iou_threshold=iou_threshold, max_detections=max_detections, classes=classes,
-            tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap, max_tiles=max_tiles,
-            model=model,
-        )  # fmt: skip
+    def detect(image: ImageSource, **params: Unpack[DetectParams]) -> Request[DetectResponse]:
+        """Objects in one image: labelled boxes in original pixels, best first."""
+        return Route("POST", "/detect", DetectResponse, DetectParams).request(image, **params)
 
     @staticmethod
-    def segment(
-        image: ImageSource,
-        *,
-        score_threshold: float | None = None,
-        iou_threshold: float | None = None,
-        max_detections: int | None = None,
-        classes: Sequence[str] | None = None,
-        mask_threshold: float | None = None,
-        mask_format: Literal["rle", "polygon", "png"] | None = None,
-        tiling: Literal["off", "on", "auto"] | None = None,
-        tile_size: int | None = None,
-        tile_overlap: float | None = None,
-        max_tiles: int | None = None,
-        model: str | None = None,
-    ) -> Request[SegmentResponse]:
-        return _post(
-            "/segment", SegmentResponse, image, score_threshold=score_threshold,
-            iou_threshold=iou_threshold, max_detections=max_detections, classes=classes,
-            mask_threshold=mask_threshold, mask_format=mask_format, tiling=tiling,
-            tile_size=tile_size, tile_overlap=tile_overlap, max_tiles=max_tiles, model=model,
-        )  # fmt: skip
+    def segment(image: ImageSource, **params: Unpack[SegmentParams]) -> Request[SegmentResponse]:
+        """Object instances in one image: labelled boxes and masks, best first."""
+        return Route("POST", "/segment", SegmentResponse, SegmentParams).request(image, **params)
 
     @staticmethod
     def verify_faces(
-        image_a: ImageSource,
-        image_b: ImageSource,
-        *,
-        threshold: float | None = None,
-        metric: Literal["cosine", "euclidean"] | None = None,
-        model: str | None = None,
-        detector: str | None = None,
+        image_a: ImageSource, image_b: ImageSource, **params: Unpack[VerifyFacesParams]
     ) -> Request[VerifyFacesResponse]:
-        params = _params(threshold=threshold, metric=metric, model=model, detector=detector)
-        files = {"image_a": read_image(image_a, "a"), "image_b": read_image(image_b, "b")}
-        return Request(Call("POST", "/verify-faces", params, files), VerifyFacesResponse)
+        """Do the largest faces of two photos belong to the same person?"""
+        files = ("image_a", "image_b")
+        route = Route("POST", "/verify-faces", VerifyFacesResponse, VerifyFacesParams, files)
+        return route.request(image_a, image_b, **params)
 
     @staticmethod
     def embed_faces(
-        image: ImageSource,
-        *,
-        score_threshold: float | None = None,
-        max_faces: int | None = None,
-        model: str | None = None,
-        detector: str | None = None,
+        image: ImageSource, **params: Unpack[EmbedFacesParams]
     ) -> Request[FaceEmbedResponse]:
-        return _post(
-            "/faces/embed", FaceEmbedResponse, image, score_threshold=score_threshold,
-            max_faces=max_faces, model=model, detector=detector,
-        )  # fmt: skip
+        """Every face in one photo with its box, landmarks and L2-normalised embedding."""
+        return Route("POST", "/faces/embed", FaceEmbedResponse, EmbedFacesParams).request(
+            image, **params
+        )
 
     @staticmethod
     def models() -> Request[ModelsResponse]:
-        return Request(Call("GET", "/v1/models"), ModelsResponse)
+        """The models the server has loaded, its defaults and its runtime."""
+        return Route("GET", "/v1/models", ModelsResponse, files=()).request()
 
     @staticmethod
     def ready() -> Request[ReadyResponse]:
         """/readyz without retrying: 503 (still loading) is an answer here, not an error."""
-        return Request(Call("GET", "/readyz"), ReadyResponse, probe=True)
+        return Route("GET", "/readyz", ReadyResponse, files=(), probe=True).request()
 
 
 def _method(method: Method, endpoint: Callable[..., Any], owner: str) -> Method:
@@ -327,25 +314,73 @@ def _awaitable(
     return _method(method, endpoint, "AsyncClient")
 
 
-class Client:
-    """Blocking client. `http` may be any httpx2.Client (e.g. FastAPI's TestClient); then
-    `base_url` is ignored and the caller closes it."""
+class _Endpoint(Generic[P, Answer]):
+    """An endpoint as a method of both clients: the class it is read from turns it into its
+    kind of method (`_as_method`: blocking on `Client`, a coroutine on `AsyncClient`), once."""
+
+    def __init__(self, endpoint: Callable[P, Request[Answer]]) -> None:
+        self.endpoint = endpoint
+        self.methods: dict[type, Callable[..., Any]] = {}
+
+    @overload
+    def __get__(self, client: None, owner: type[Any]) -> Callable[..., Any]: ...
+    @overload
+    def __get__(self, client: Client, owner: type[Any]) -> Callable[P, Answer]: ...
+    @overload
+    def __get__(
+        self, client: AsyncClient, owner: type[Any]
+    ) -> Callable[P, Coroutine[Any, Any, Answer]]: ...
+    def __get__(self, client: object, owner: type[Any]) -> Callable[..., Any]:
+        if owner not in self.methods:
+            self.methods[owner] = owner._as_method(self.endpoint)
+        method = self.methods[owner]
+        return method if client is None else types.MethodType(method, client)
+
+
+class _Session(Generic[Http, Sleep]):
+    """What both clients hold: the transport, the API key and the retry policy. `http` may be
+    any transport of the client's kind (e.g. FastAPI's TestClient for `Client`); then
+    `base_url` and `timeout` are ignored and the caller closes it."""
 
     def __init__(
         self,
-        base_url: str = "http://127.0.0.1:8000",
+        base_url: str = DEFAULT_URL,
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
-        http: httpx2.Client | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        http: Http | None = None,
+        sleep: Sleep | None = None,
     ) -> None:
         self.api_key = api_key
         self.retry = retry or RetryPolicy()
         self._own = http is None
-        self.http = http or httpx2.Client(base_url=base_url, timeout=timeout)
-        self._sleep = sleep
+        self.http: Http = http if http is not None else self._open(base_url, timeout)
+        self._sleep: Sleep = sleep if sleep is not None else self._nap()
+
+    def _open(self, base_url: str, timeout: float) -> Http:
+        raise NotImplementedError
+
+    def _nap(self) -> Sleep:
+        raise NotImplementedError
+
+    classify = _Endpoint(Endpoints.classify)
+    detect = _Endpoint(Endpoints.detect)
+    segment = _Endpoint(Endpoints.segment)
+    verify_faces = _Endpoint(Endpoints.verify_faces)
+    embed_faces = _Endpoint(Endpoints.embed_faces)
+    models = _Endpoint(Endpoints.models)
+    ready = _Endpoint(Endpoints.ready)
+
+
+class Client(_Session[httpx2.Client, Callable[[float], None]]):
+    """Blocking client (`sleep` defaults to time.sleep)."""
+
+    def _open(self, base_url: str, timeout: float) -> httpx2.Client:
+        return httpx2.Client(base_url=base_url, timeout=timeout)
+
+    def _nap(self) -> Callable[[float], None]:
+        return time.sleep
 
     def __enter__(self) -> Client:
         return self
@@ -374,33 +409,18 @@ class Client:
     def _fetch(self, request: Request[Answer]) -> Answer:
         return request.parse(self.send(request.call, retry=request.retry(self.retry)))
 
-    classify = _blocking(Endpoints.classify)
-    detect = _blocking(Endpoints.detect)
-    segment = _blocking(Endpoints.segment)
-    verify_faces = _blocking(Endpoints.verify_faces)
-    embed_faces = _blocking(Endpoints.embed_faces)
-    models = _blocking(Endpoints.models)
-    ready = _blocking(Endpoints.ready)
+    _as_method = staticmethod(_blocking)
 
 
-class AsyncClient:
-    """The same API as `Client`, awaitable; use one per event loop."""
+class AsyncClient(_Session[httpx2.AsyncClient, Callable[[float], Awaitable[None]]]):
+    """The same API as `Client`, awaitable (`sleep` defaults to asyncio.sleep); use one per
+    event loop."""
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        retry: RetryPolicy | None = None,
-        http: httpx2.AsyncClient | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.api_key = api_key
-        self.retry = retry or RetryPolicy()
-        self._own = http is None
-        self.http = http or httpx2.AsyncClient(base_url=base_url, timeout=timeout)
-        self._sleep = sleep
+    def _open(self, base_url: str, timeout: float) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(base_url=base_url, timeout=timeout)
+
+    def _nap(self) -> Callable[[float], Awaitable[None]]:
+        return asyncio.sleep
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -430,10 +450,4 @@ class AsyncClient:
     async def _fetch(self, request: Request[Answer]) -> Answer:
         return request.parse(await self.send(request.call, retry=request.retry(self.retry)))
 
-    classify = _awaitable(Endpoints.classify)
-    detect = _awaitable(Endpoints.detect)
-    segment = _awaitable(Endpoints.segment)
-    verify_faces = _awaitable(Endpoints.verify_faces)
-    embed_faces = _awaitable(Endpoints.embed_faces)
-    models = _awaitable(Endpoints.models)
-    ready = _awaitable(Endpoints.ready)
+    _as_method = staticmethod(_awaitable)

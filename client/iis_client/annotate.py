@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from service.masks import decode_rle
-from service.schemas import (
+from iis_client.masks import decode_rle
+from iis_client.schemas import (
     ClassifyResponse,
     DetectedFace,
     DetectResponse,

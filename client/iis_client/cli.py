@@ -1,4 +1,4 @@
-"""`iis`: call the service from a terminal (console script, see pyproject.toml).
+"""`iis`: call the service from a terminal (console script, see client/pyproject.toml).
 
     iis classify photo.jpg
     iis detect photos/ --csv > boxes.csv          # a folder: every image in it, with a progress bar
@@ -25,16 +25,24 @@ from typing import Any, TextIO
 
 import httpx2
 from pydantic import BaseModel
-from tqdm import tqdm
 
-from service import annotate
-from service.client import ApiError, AsyncClient, Client, RetryPolicy
-from service.schemas import (
+from iis_client.client import DEFAULT_URL, ApiError, AsyncClient, Client, RetryPolicy
+from iis_client.schemas import (
     ClassifyResponse,
     DetectResponse,
     SegmentResponse,
     VerifyFacesResponse,
 )
+
+try:  # the `cli` extra: tqdm, and Pillow + numpy for --draw
+    from tqdm import tqdm
+
+    from iis_client import annotate
+except ModuleNotFoundError as missing:
+    raise SystemExit(
+        f"iis: {missing.name} is missing; the command needs the client's cli extra: "
+        "pip install 'image-inference-client[cli]' (from a checkout: pip install './client[cli]')"
+    ) from None
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 CSV_HEADERS = {
@@ -251,7 +259,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("IIS_URL", "http://127.0.0.1:8000"))
+    common.add_argument("--url", default=os.environ.get("IIS_URL", DEFAULT_URL))
     common.add_argument("--api-key", default=os.environ.get("IIS_API_KEY"))
     common.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     common.add_argument("--retries", type=int, default=3, help="on 429/503 and refused connections")

@@ -27,7 +27,7 @@ trap 'scripts/postgres.sh stop' EXIT
 [ -x .venv-train/bin/python ] || "$PY" -m venv .venv-train
 .venv-train/bin/python -m pip install --quiet --upgrade pip
 .venv-train/bin/python -m pip install --quiet -e ".[export,dev]"
-.venv-train/bin/python scripts/build_models.py
+.venv-train/bin/python -m scripts build-models
 
 echo "==> ruff"
 .venv-train/bin/ruff check .

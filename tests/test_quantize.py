@@ -1,4 +1,4 @@
-"""scripts/quantize.py on tiny models built by the project's exporters: the INT8 folder loads,
+"""scripts/quantize/cli.py on tiny models built by the project's exporters: the INT8 folder loads,
 its card validates and records the method, the service serves it, the graph really holds
 QuantizeLinear/DequantizeLinear, and outputs stay close to FP32 on smooth images."""
 
@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from scripts.quantize import Config, Plan, TensorReader, match_pairs, quantize_model, tail_nodes
+from scripts.quantize.cli import Config, Plan, TensorReader, match_pairs, quantize_model, tail_nodes
 from service.cards import ModelCard, read_card
 from service.images import DecodedImage
 from service.preprocess import to_batch

@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from scripts.train.similarity.cli import (
+from scripts.train.similarity.cli import main
+from scripts.train.similarity.metrics import (
     accuracy_threshold,
     calibrate,
     far_threshold,
-    main,
     pair_scores,
     pairwise_distances,
     roc_auc,

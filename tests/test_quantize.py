@@ -15,7 +15,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from scripts.quantize.cli import Config, Plan, TensorReader, match_pairs, quantize_model, tail_nodes
+from scripts.quantize.evaluate import match_pairs
+from scripts.quantize.plan import Config, Plan
+from scripts.quantize.quantize import TensorReader, quantize_model, tail_nodes
 from service.cards import ModelCard, read_card
 from service.images import DecodedImage
 from service.preprocess import to_batch

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from scripts.bench import kit as benchkit
 from scripts.bench.kit import summary
-from scripts.constants import ROOT
+from scripts.constants import ROOT, service_max_pixels
 
 
 def bare_pipeline(models: Path, det: str, emb: str, photos: list[bytes], n: int, threads: int):
@@ -50,7 +50,7 @@ def bare_pipeline(models: Path, det: str, emb: str, photos: list[bytes], n: int,
     def once() -> float:
         crops = []
         for data in photos:
-            image = decode(data, max_pixels=40_000_000, min_side=side)
+            image = decode(data, max_pixels=service_max_pixels(), min_side=side)
             tensor, geometry = F.detect_preprocess(image, d.card.preprocess)
             outs = dict(zip(names, (o[0] for o in sd.run(None, {"input": tensor})), strict=True))
             found = F.detect_postprocess(outs, tensor.shape[2:4], geometry, det_settings)

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.constants import ROOT
+from scripts.constants import ROOT, service_max_pixels
 
 
 def bare(folder: Path, photo: bytes, n: int, threads: int) -> dict[str, float]:
@@ -38,7 +38,7 @@ def bare(folder: Path, photo: bytes, n: int, threads: int) -> dict[str, float]:
     session = ort.InferenceSession(
         str(loaded.onnx_path), options, providers=["CPUExecutionProvider"]
     )
-    image = decode(photo, max_pixels=40_000_000)
+    image = decode(photo, max_pixels=service_max_pixels())
     full = image.pixels.transpose(2, 0, 1)[None].astype("float32") / 255
     tensor, geometry = preprocess(image, GraphResize.of(loaded.card))
     times: dict[str, list[float]] = {"run_full_size": [], "run_service_tensor": [], "run+post": []}

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.bench import kit as benchkit
-from scripts.constants import ROOT
+from scripts.constants import CACHE, ROOT, service_max_pixels
 
 STACKS = ("raw", "service", "oip", "plain", "plain-spin", "litserve", "kserve")
 SERVERS = STACKS[1:]
@@ -66,7 +66,7 @@ PLAIN = ("plain", "plain-spin")
 OIP_STACKS = ("oip", "kserve")  # Open Inference Protocol clients: classifiers only
 BUILT = {"classifier": "mobilenet_v2-imagenet", "detector": "yolov3-tiny-coco"}
 RESNET50 = "resnet50-random"
-BENCH_CACHE = Path.home() / ".cache" / "image-inference-service" / "bench"
+BENCH_CACHE = CACHE / "bench"
 PHOTOS = ("chelsea", "dog")
 TASK_PATH = {"classify": "/classify", "detect": "/detect"}
 
@@ -133,11 +133,11 @@ class RawCeiling:
     def __init__(self, folder: Path, photo: bytes, threads: int, batches: list[int]) -> None:
         from scripts.bench.apps.pipeline import Pipeline
         from service.images import decode
-        from service.routes.common import needed_side
+        from service.preprocess import needed_side
 
         self.pipe = Pipeline.load(folder, threads)
         side = needed_side(self.pipe.card)
-        self.decode = lambda: decode(photo, max_pixels=40_000_000, min_side=side)
+        self.decode = lambda: decode(photo, max_pixels=service_max_pixels(), min_side=side)
         self.batches = batches
         self.latencies: list[float] = []
         self.rates: dict[int, list[float]] = {n: [] for n in batches}

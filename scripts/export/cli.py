@@ -126,7 +126,7 @@ def _face(args: argparse.Namespace) -> list[Path]:
     from scripts.export import faces
 
     if args.checkpoint:
-        from scripts.train.similarity.cli import export_checkpoint
+        from scripts.train.similarity.train import export_checkpoint
 
         ckpt = faces.load_checkpoint(args.checkpoint)
         name = args.name or args.checkpoint.parent.name

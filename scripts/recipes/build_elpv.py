@@ -86,7 +86,7 @@ CODE = [
     "scripts/recipes/elpv_data.py",
     "scripts/train/classification/vgg16_keras.py",
     "scripts/train/classification/holdout.py",
-    "scripts/train/classification/pipeline.py",
+    "scripts/train/classification/train.py",
     "scripts/train/classification/data.py",
     "scripts/train/classification/features.py",
     "scripts/train/classification/loop.py",
@@ -199,9 +199,9 @@ def write_data(variant: str, recipe: Recipe, folder: Path, data_root: Path) -> d
 
 def finetune_config(variant: str, recipe: Recipe, data: Path, run_dir: Path, out: Path) -> Any:
     from scripts.train.classification.loop import LoopConfig
-    from scripts.train.classification.pipeline import FinetuneConfig
+    from scripts.train.classification.train import Config
 
-    return FinetuneConfig(
+    return Config(
         data=data,
         name=NAMES[variant],
         arch="vgg16",
@@ -233,7 +233,7 @@ def finetune_config(variant: str, recipe: Recipe, data: Path, run_dir: Path, out
 def auto_decision(cfg: Any) -> dict[str, Any]:
     """What `--strategy auto` picks for cfg's data, without training: the linear probe on the
     frozen base's pooled features (cached in cfg.run_dir, where feature extraction finds it)."""
-    from scripts.train.classification.pipeline import decide, prepare
+    from scripts.train.classification.train import decide, prepare
 
     started = time.perf_counter()
     auto = replace(cfg, strategy="auto")
@@ -267,7 +267,7 @@ def build(
 ) -> dict[str, Any]:
     """Train, export and test NAMES[variant] into models_dir/<name>; returns the card's
     `evaluation`. A cached build (same recipe, code and wheels) is only copied."""
-    from scripts.train.classification.pipeline import finetune
+    from scripts.train.classification.train import run
 
     name = NAMES[variant]
     key = cache_key(variant, recipe)
@@ -289,7 +289,7 @@ def build(
     try:
         cfg = finetune_config(variant, recipe, data, run_dir, staging)
         auto = auto_decision(cfg) if decide_auto else None
-        summary = finetune(cfg)
+        summary = run(cfg)
         build_seconds = time.perf_counter() - started
         shutil.rmtree(run_dir / "cache", ignore_errors=True)  # up to GBs of activations
         folder = staging / name

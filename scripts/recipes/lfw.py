@@ -38,14 +38,14 @@ def bench(
     data: Path, size: int, epochs: int, val_fraction: float, models_dir: Path, runs: Path
 ) -> list[dict[str, object]]:
     from scripts.train.classification.loop import LoopConfig
-    from scripts.train.classification.pipeline import FinetuneConfig, finetune
+    from scripts.train.classification.train import Config, run
 
     rows = []
     for strategy in ("feature-extraction", "partial", "full"):
         name = f"lfw-{strategy}"
         started = time.perf_counter()
-        summary = finetune(
-            FinetuneConfig(
+        summary = run(
+            Config(
                 data=data,
                 name=name,
                 strategy=strategy,

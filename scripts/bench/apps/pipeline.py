@@ -20,12 +20,14 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
+from scripts.constants import service_max_pixels
 from service.cards import ModelCard, read_card
 from service.images import DecodedImage, decode
-from service.preprocess import Geometry, to_batch
-from service.routes.common import needed_side
+from service.preprocess import Geometry, needed_side, to_batch
 from service.tasks import classify as classify_task
 from service.tasks import detect as detect_task
+
+MAX_PIXELS = service_max_pixels()  # decode exactly as the service does
 
 
 def pil_decode(data: bytes) -> DecodedImage:
@@ -68,7 +70,7 @@ class Pipeline:
 
     def decode(self, data: bytes) -> DecodedImage:
         if os.environ.get("BENCH_PEER_DECODE") == "service":
-            return decode(data, max_pixels=40_000_000, min_side=needed_side(self.card))
+            return decode(data, max_pixels=MAX_PIXELS, min_side=needed_side(self.card))
         return pil_decode(data)
 
     def prepare(self, images: list[DecodedImage]) -> tuple[np.ndarray, list[Geometry]]:

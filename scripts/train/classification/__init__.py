@@ -1,6 +1,6 @@
 """Transfer learning for the classifier: data, strategies, training loop, report.
 
-`cli.py` (`python -m scripts train-classifier`) is the command line; `pipeline.finetune` is
+`cli.py` (`python -m scripts train-classifier`) is the command line; `train.run` is
 the one function it calls. Needs the `export` extra (torch, torchvision, onnx, tqdm,
 matplotlib); the service never imports this package.
 """

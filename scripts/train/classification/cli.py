@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from scripts.train.classification import FinetuneError
     from scripts.train.classification.loop import LoopConfig
-    from scripts.train.classification.pipeline import FinetuneConfig, finetune
+    from scripts.train.classification.train import Config, run
 
     torch.use_deterministic_algorithms(True, warn_only=True)
-    cfg = FinetuneConfig(
+    cfg = Config(
         data=args.data,
         name=args.name,
         arch=args.arch,
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     try:
-        summary = finetune(cfg)
+        summary = run(cfg)
     except FinetuneError as exc:  # bad folder, weights, settings: a sentence, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

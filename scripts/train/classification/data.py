@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from scripts.constants import IMAGE_SUFFIXES
 from scripts.train.classification import FinetuneError
 from service.cards import Preprocess
 from service.images import DecodedImage, decode
 from service.preprocess import normalize_into, to_batch
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 MAX_PIXELS = 200_000_000  # a training photo may be large; a decompression bomb may not
 
 

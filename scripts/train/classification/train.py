@@ -27,7 +27,7 @@ from scripts.train.classification.weights import Pretrained, resolve
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class Config:
     data: Path
     name: str
     arch: str = "mobilenet_v2"
@@ -93,7 +93,7 @@ class Prepared:
     precision: str  # cfg.precision resolved: fp32 | bf16 (autocast for caching and training)
 
 
-def prepare(cfg: FinetuneConfig) -> Prepared:
+def prepare(cfg: Config) -> Prepared:
     ds = scan(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.loop.seed)
     print(
         f"{cfg.data}: {len(ds.classes)} classes, {len(ds.train)} train / {len(ds.val)} val "
@@ -131,7 +131,7 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
 
 
 def decide(
-    cfg: FinetuneConfig, p: Prepared, run_dir: Path
+    cfg: Config, p: Prepared, run_dir: Path
 ) -> tuple[strategies.Decision, float | None, ActivationCache | None]:
     """cfg.strategy; for `auto` the rule in strategies.choose on a linear probe of the frozen
     backbone's pooled features (those features are kept for feature extraction). A resumed
@@ -168,7 +168,7 @@ def decide(
 
 
 def _fingerprint(
-    cfg: FinetuneConfig, p: Prepared, split: strategies.Split, loop_cfg: LoopConfig, cached: bool
+    cfg: Config, p: Prepared, split: strategies.Split, loop_cfg: LoopConfig, cached: bool
 ) -> dict[str, Any]:
     """Settings a resumed run must share with the interrupted one."""
     train = "\n".join(f"{s.path}:{s.label}" for s in p.ds.train)
@@ -190,7 +190,7 @@ def _fingerprint(
 
 
 def _card_source(
-    cfg: FinetuneConfig,
+    cfg: Config,
     p: Prepared,
     decision: strategies.Decision,
     split: strategies.Split,
@@ -229,7 +229,7 @@ def _write_split(run_dir: Path, ds: Dataset) -> None:
 
 
 def _best_saver(
-    cfg: FinetuneConfig,
+    cfg: Config,
     p: Prepared,
     decision: strategies.Decision,
     split: strategies.Split,
@@ -276,7 +276,7 @@ def _evaluate_best(
     return val
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+def run(cfg: Config) -> dict[str, Any]:
     """Run everything; returns the summary also written to run_dir/summary.json."""
     t0 = time.perf_counter()
     run_dir = cfg.run_dir or Path("runs") / cfg.name
@@ -350,7 +350,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     return summary
 
 
-def _export(cfg: FinetuneConfig, p: Prepared, source: dict[str, Any]) -> dict[str, Any]:
+def _export(cfg: Config, p: Prepared, source: dict[str, Any]) -> dict[str, Any]:
     """models/<name>/ (ONNX + card), then the exported graph's accuracy on the val set."""
     folder = export_classifier(
         p.model,
@@ -366,7 +366,7 @@ def _export(cfg: FinetuneConfig, p: Prepared, source: dict[str, Any]) -> dict[st
 
 
 def _source(
-    cfg: FinetuneConfig,
+    cfg: Config,
     p: Prepared,
     split: strategies.Split,
     run_dir: Path,

@@ -94,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     module, function = COMMANDS[name].target.split(":")
-    sys.argv[0] = f"python -m scripts {name}"  # each command's argparse shows this as its prog
-    rc = getattr(importlib.import_module(module), function)(rest)
+    run = getattr(importlib.import_module(module), function)
+    program, sys.argv[0] = sys.argv[0], f"python -m scripts {name}"  # argparse's prog
+    try:
+        rc = run(rest)
+    finally:
+        sys.argv[0] = program
     return rc if isinstance(rc, int) else 0
 
 

@@ -76,7 +76,9 @@ def run(config: Config) -> Trained:
     labels = index.labels
     train_set = CocoInstances(index, config.images, train_ids, hflip=True)
     val_set = (
-        CocoInstances(val_index, config.val_images or config.images, val_ids, label_of=index.label_of)
+        CocoInstances(
+            val_index, config.val_images or config.images, val_ids, label_of=index.label_of
+        )
         if val_ids
         else None
     )
@@ -141,7 +143,9 @@ def run(config: Config) -> Trained:
     )
     folder = None
     if config.export and not result.interrupted:
-        folder = export_best(config.out / "best.pt", config.export, config.models_dir, val_set, result)
+        folder = export_best(
+            config.out / "best.pt", config.export, config.models_dir, val_set, result
+        )
     return Trained(result, folder)
 
 

@@ -198,35 +198,23 @@ def write_data(variant: str, recipe: Recipe, folder: Path, data_root: Path) -> d
 
 
 def finetune_config(variant: str, recipe: Recipe, data: Path, run_dir: Path, out: Path) -> Any:
+    from scripts.train import config_from
     from scripts.train.classification.loop import LoopConfig
     from scripts.train.classification.train import Config
 
-    return Config(
+    return config_from(
+        Config,
+        recipe,
         data=data,
         name=NAMES[variant],
         arch="vgg16",
         weights="registry",
-        strategy=recipe.strategy,
-        unfreeze=recipe.unfreeze,
-        hidden=recipe.hidden,
-        dropout=recipe.dropout,
-        size=recipe.size,
         augment=False,  # random crops can cut a defect out; the mirrored copies stand in
         cache_views=1,
         cache_mb=8192,
-        precision=recipe.precision,
         run_dir=run_dir,
         models_dir=out,
-        loop=LoopConfig(
-            epochs=recipe.epochs,
-            lr=recipe.lr,
-            backbone_lr_mult=recipe.backbone_lr_mult,
-            weight_decay=recipe.weight_decay,
-            batch_size=recipe.batch_size,
-            patience=recipe.patience,
-            seed=recipe.seed,
-            quiet=not sys.stderr.isatty(),
-        ),
+        loop=config_from(LoopConfig, recipe, skip={"precision"}, quiet=not sys.stderr.isatty()),
     )
 
 

@@ -110,44 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from scripts.train import config_from
     from scripts.train.classification import FinetuneError
     from scripts.train.classification.loop import LoopConfig
     from scripts.train.classification.train import Config, run
 
     torch.use_deterministic_algorithms(True, warn_only=True)
-    cfg = Config(
-        data=args.data,
-        name=args.name,
-        arch=args.arch,
-        weights=args.weights,
-        strategy=args.strategy,
-        unfreeze=args.unfreeze,
-        hidden=args.hidden,
-        dropout=args.dropout,
-        size=args.size,
+    cfg = config_from(
+        Config,
+        args,
         val_fraction=args.val_split,
         augment=not args.no_augment,
         flip=not args.no_flip,
-        cache_views=args.cache_views,
-        cache_mb=args.cache_mb,
-        precision=args.precision,
-        balance=args.balance,
-        run_dir=args.run_dir,
-        models_dir=args.models_dir,
         export=not args.no_export,
-        resume=args.resume,
-        workers=args.workers,
-        loop=LoopConfig(
-            epochs=args.epochs,
-            lr=args.lr,
-            backbone_lr_mult=args.backbone_lr_mult,
-            weight_decay=args.weight_decay,
-            batch_size=args.batch_size,
-            schedule=args.schedule,
-            patience=args.patience,
-            seed=args.seed,
-            quiet=args.quiet,
-        ),
+        loop=config_from(LoopConfig, args, skip={"balanced", "precision"}),
     )
     try:
         summary = run(cfg)

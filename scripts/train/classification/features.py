@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,35 +44,24 @@ def _batches(
         )
 
 
+@dataclass(eq=False)
 class ActivationCache:
     """Activations of `frozen` per (split, view), keyed by everything that changes them.
 
     pool: average-pool to (C, 1, 1) as they are stored (the head pools first anyway), which
     makes the fully-frozen case tiny."""
 
-    def __init__(
-        self,
-        frozen: nn.Module,
-        transforms: Transforms,
-        *,
-        identity: dict[str, Any],
-        folder: Path | None,
-        pool: bool,
-        batch_size: int,
-        seed: int,
-        quiet: bool = False,
-        precision: str = "fp32",
-    ) -> None:
-        self.frozen = frozen
-        self.transforms = transforms
-        self.identity = identity
-        self.folder = folder
-        self.pool = pool
-        self.batch_size = batch_size
-        self.seed = seed
-        self.quiet = quiet
-        self.precision = precision
-        self._memory: dict[str, torch.Tensor] = {}
+    frozen: nn.Module
+    transforms: Transforms
+    _: KW_ONLY
+    identity: dict[str, Any]
+    folder: Path | None
+    pool: bool
+    batch_size: int
+    seed: int
+    quiet: bool = False
+    precision: str = "fp32"
+    _memory: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def bytes_per_image(self, sample: Sample) -> int:
         with torch.no_grad():

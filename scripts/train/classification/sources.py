@@ -4,6 +4,7 @@ on the fly (the `full` strategy, or when the cache would not fit in --cache-mb).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -14,23 +15,16 @@ from scripts.train.classification.precision import autocast
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+@dataclass(eq=False)
 class CachedSource:
     """train_views: (V, N, ...) activations, view 0 clean; each epoch draws one view per image.
     val: (M, ...) clean activations."""
 
-    def __init__(
-        self,
-        train_views: torch.Tensor,
-        train_labels: torch.Tensor,
-        val: torch.Tensor,
-        val_labels: torch.Tensor,
-        batch_size: int,
-    ) -> None:
-        self.train_views = train_views
-        self.train_labels = train_labels
-        self.val = val
-        self.val_labels = val_labels
-        self.batch_size = batch_size
+    train_views: torch.Tensor
+    train_labels: torch.Tensor
+    val: torch.Tensor
+    val_labels: torch.Tensor
+    batch_size: int
 
     def train_batches(self, order: torch.Tensor, generator: torch.Generator) -> Iterator[Batch]:
         views = torch.randint(0, self.train_views.shape[0], (len(order),), generator=generator)
@@ -44,25 +38,19 @@ class CachedSource:
             yield self.val[start:end], self.val_labels[start:end]
 
 
+@dataclass(eq=False)
 class ImageSource:
     """Decodes (and augments) images per batch and runs `frozen` on them without gradients."""
 
-    def __init__(
-        self,
-        train: ImageSet,
-        val: ImageSet,
-        frozen: nn.Module,
-        batch_size: int,
-        workers: int = 0,
-        precision: str = "fp32",
-    ) -> None:
-        self.train = train
-        self.val = val
-        self.frozen = frozen
-        self.batch_size = batch_size
-        self.workers = workers
-        self.precision = precision
-        self.train_labels = torch.tensor([s.label for s in train.samples])
+    train: ImageSet
+    val: ImageSet
+    frozen: nn.Module
+    batch_size: int
+    workers: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        self.train_labels = torch.tensor([s.label for s in self.train.samples])
 
     def _frozen(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast(self.precision):

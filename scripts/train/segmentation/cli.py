@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from scripts import hotload
+from scripts.train import config_from
 from scripts.train.segmentation.models import ARCHS
 from scripts.train.segmentation.train import Config, run
 
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.load_into and not args.export:
         p.error("--load-into needs --export NAME")
     started = time.perf_counter()
-    given = {f.name: getattr(args, f.name) for f in fields(Config)}
-    trained = run(Config(**given))
+    trained = run(config_from(Config, args))
     if trained.model_dir is not None:
         hotload.after_export(args, args.export, trained.model_dir)
     result = trained.result

@@ -15,10 +15,10 @@ one, and the one at a target false-accept rate); ROC AUC is reported and written
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 
 from scripts import hotload
+from scripts.train import config_from
 from scripts.train.similarity.data import align_dataset, make_toy_dataset
 from scripts.train.similarity.train import Config, TrainResult, run
 
@@ -65,8 +65,7 @@ def main(argv: list[str] | None = None) -> TrainResult | None:
 
     args = parser.parse_args(argv)
     if args.command == "train":
-        given = {f.name: getattr(args, f.name) for f in fields(Config)}
-        result = run(Config(**{**given, "pk": tuple(args.pk)}))
+        result = run(config_from(Config, args, pk=tuple(args.pk)))
         hotload.after_export(args, args.name, result.model_dir)
         return result
     if args.command == "align":

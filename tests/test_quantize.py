@@ -1,4 +1,4 @@
-"""scripts/quantize/cli.py on tiny models built by the project's exporters: the INT8 folder loads,
+"""The quantize command on tiny models built by the project's exporters: the INT8 folder loads,
 its card validates and records the method, the service serves it, the graph really holds
 QuantizeLinear/DequantizeLinear, and outputs stay close to FP32 on smooth images."""
 

@@ -96,7 +96,7 @@ def export_info(parity: Parity, opset: int = OPSET, **extra: Any) -> dict[str, A
     import torchvision
 
     return {
-        "tool": "scripts/export/cli.py",
+        "tool": "python -m scripts export",
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "onnx": onnx.__version__,

@@ -204,7 +204,7 @@ def _spec(value: onnx.ValueInfoProto, description: str) -> dict[str, Any]:
 
 def _onnx_export_info(model: onnx.ModelProto, **extra: Any) -> dict[str, Any]:
     return {
-        "tool": "scripts/export/cli.py face",
+        "tool": "python -m scripts export face",
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
         "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),

@@ -80,7 +80,7 @@ def build(out_dir: Path, imagenet_weights: Path, *, threads: int | None = None) 
         model.eval()
         minutes = (time.perf_counter() - started) / 60
         source |= {
-            "weights": "trained by scripts/recipes/build_models.py (scripts/recipes/segmenter.py)",
+            "weights": "trained by build-models (scripts/recipes/segmenter.py)",
             "validation": {
                 **result.last.as_dict(),
                 "split": "val: generated images on photos the training split never uses",

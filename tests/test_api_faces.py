@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from torch import nn
 
-from scripts.exporters.common import to_onnx_bytes
-from scripts.exporters.faces import (
+from scripts.export.common import to_onnx_bytes
+from scripts.export.faces import (
     EmbeddingTower,
     embedder_postprocess,
     export_embedder,

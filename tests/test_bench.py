@@ -1,4 +1,4 @@
-"""scripts/bench.py and scripts/benchkit.py: the helpers, and one real (tiny) side-by-side run.
+"""scripts/bench/serving.py and kit.py: the helpers, and one real (tiny) side-by-side run.
 
 The run starts every server over real loopback sockets with the tiny classifier and checks the
 report's shape and that all stacks give the same answer. It asserts nothing about speed:
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scripts import bench, benchkit
+from scripts.bench import kit as benchkit
+from scripts.bench import serving as bench
 
 
 def test_percentiles_are_nearest_rank() -> None:

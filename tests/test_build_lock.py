@@ -1,4 +1,4 @@
-"""scripts/build_models.py's build lock: processes sharing the cache (serve.sh's background build
+"""build-models' build lock: processes sharing the cache (serve.sh's background build
 of the segmenter, test.sh, a second serve.sh) never build one model twice at once, and a build
 that fails or is stopped leaves neither the cache nor models/ holding half a model."""
 
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import scripts.build_models as bm
+import scripts.recipes.build_models as bm
+import scripts.recipes.defaults as defaults
 
 NAME = "fake-model"
 
@@ -36,6 +37,7 @@ class Fake:
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fake:
     """DEFAULTS = one fake model (no weights); CACHE in tmp_path."""
     monkeypatch.setattr(bm, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(defaults, "CACHE", tmp_path / "cache")
     state = Fake()
 
     def build(out_dir: Path, weights: list[Path]) -> None:
@@ -156,21 +158,18 @@ def test_kill_of_a_background_build_removes_its_staging_folder(tmp_path: Path) -
     runner = textwrap.dedent(
         f"""
         import sys
-        sys.path[:0] = [{str(tmp_path)!r}]
-        import scripts.build_models as bm
+        import scripts.recipes.build_models as bm
         import slow_fake
         bm.DEFAULTS[:] = [bm.DefaultModel(name={NAME!r}, build=slow_fake.build)]
         sys.argv = ["build_models.py", "--only", {NAME!r}, "--no-test-data",
                     "--out", {str(tmp_path / "models")!r}]
-        # as `python scripts/build_models.py` does, without re-importing the module
-        import signal
-        signal.signal(signal.SIGTERM, bm._sigterm_to_exit)
-        sys.exit(bm.main())
+        # as `python -m scripts build-models` does, without re-importing the module
+        sys.exit(bm.cli())
         """
     )
     cache = tmp_path / "cache"
-    env = {**os.environ, "IIS_CACHE_DIR": str(cache)}
-    root = Path(bm.__file__).resolve().parent.parent
+    env = {**os.environ, "IIS_CACHE_DIR": str(cache), "PYTHONPATH": str(tmp_path)}
+    root = Path(bm.__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-c", runner], cwd=root, env=env)
     try:
         wait_for(lambda: (tmp_path / "started").exists() or proc.poll() is not None, 30)

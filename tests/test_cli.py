@@ -150,7 +150,7 @@ def test_detect_with_tiles(real_server, testdata, capsys):
 
 @pytest.mark.real_weights
 def test_segment_csv_and_overlay(real_server, tmp_path, capsys):
-    from scripts.make_shapes_dataset import make_split, splits
+    from scripts.recipes.shapes import make_split, splits
 
     coco = json.loads(make_split(tmp_path / "data", splits(0, 2, seed=11)[1]).read_text())
     image = tmp_path / "data" / "val" / "images" / coco["images"][0]["file_name"]

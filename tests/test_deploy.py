@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from scripts.export_triton import export_repository
+from scripts.export.triton import export_repository
 from service.settings import Settings
 from tests.helpers import ROOT
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from scripts.exporters.detect import (
+from scripts.export.darknet import (
     Darknet,
     MaxPool,
     YoloHead,

@@ -1,5 +1,5 @@
 """The default COCO YOLOv3-tiny on real photos (Debian's darknet sample data, fetched by
-scripts/build_models.py), against the boxes drawn by hand in scripts/detect_truth.py."""
+build-models), against the boxes drawn by hand in scripts/recipes/detect_truth.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.detect_truth import TRUTH, match
+from scripts.recipes.detect_truth import TRUTH, match
 from tests.helpers import serve
 
 pytestmark = pytest.mark.real_weights

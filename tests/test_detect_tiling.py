@@ -13,7 +13,7 @@ import pycocotools.mask as coco_mask
 import pytest
 from PIL import Image, ImageDraw
 
-from scripts.detect_truth import tuning_set
+from scripts.recipes.detect_truth import tuning_set
 from tests.helpers import encode, noise_image, serve
 
 pytestmark = [
@@ -33,7 +33,7 @@ def post(client, path: str, data: bytes):
 
 
 def found_objects(truths, detections) -> set[int]:
-    from scripts.detect_truth import match
+    from scripts.recipes.detect_truth import match
 
     return {i for i, v in enumerate(match(truths, detections)) if v >= 0.5}
 

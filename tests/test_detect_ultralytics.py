@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from torch import nn
 
-from scripts.export import main as export_main
-from scripts.exporters.common import to_onnx_bytes
-from scripts.exporters.detect import import_ultralytics, inspect_ultralytics
+from scripts.export.cli import main as export_main
+from scripts.export.common import to_onnx_bytes
+from scripts.export.ultralytics import import_ultralytics, inspect_ultralytics
 from tests.helpers import encode, serve
 
 LABELS = ["apple", "banana", "cherry"]

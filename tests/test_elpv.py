@@ -1,5 +1,5 @@
 """ELPV as an ImageFolder (fixed split, variants, mirrored copies), the held-out test report and
-scripts/build_elpv.py end to end, on synthetic cells and a random VGG16 (no real data here;
+scripts/recipes/build_elpv.py end to end, on synthetic cells and a random VGG16 (no real data here;
 tests/test_elpv_real.py has the real set)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.training import elpv
+from scripts.recipes import elpv_data as elpv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, shared CPU
 
@@ -146,8 +146,8 @@ def test_build_elpv_end_to_end_on_synthetic_cells(
 ) -> None:
     """Data -> partial fine-tuning of a random VGG16 at 32 px -> ONNX + card -> test split
     report -> cache; the second build only copies the cached model."""
-    from scripts import build_elpv
-    from scripts.training import vgg16_keras, weights
+    from scripts.recipes import build_elpv
+    from scripts.train.classification import vgg16_keras, weights
 
     cells = fake_cells(tmp_path / "src")
     wheel = fake_wheel(tmp_path, tmp_path / "src")

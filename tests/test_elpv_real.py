@@ -1,7 +1,7 @@
-"""The real ELPV set (the elpv-dataset wheel that scripts/build_models.py fetched) and a CI-sized
-`vgg16-elpv` trained from the real VGG16 weights by scripts/build_elpv.py --quick, then served.
+"""The real ELPV set (the elpv-dataset wheel that build-models fetched) and a CI-sized
+`vgg16-elpv` trained from the real VGG16 weights by build-elpv --quick, then served.
 
-The full model (python scripts/build_elpv.py, ~8 minutes on 2 CPU cores with bf16) is not built
+The full model (python -m scripts build-elpv, ~8 minutes on 2 CPU cores with bf16) is not built
 here; its test figures are in its card and the README."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.training import elpv
+from scripts.recipes import elpv_data as elpv
 from tests.helpers import serve
 
 pytestmark = pytest.mark.real_weights
@@ -22,11 +22,11 @@ def elpv_cells(
     testdata: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[list[elpv.Cell], Path]:
     """The wheel's labels.csv and images, extracted into a temporary folder (no network)."""
-    from scripts.build_models import CACHE
+    from scripts.constants import CACHE
 
     wheel = CACHE / "packages" / elpv.WHEEL
     if not wheel.is_file() or hashlib.sha256(wheel.read_bytes()).hexdigest() != elpv.WHEEL_SHA256:
-        pytest.fail(f"{wheel} missing or changed; run python scripts/build_models.py")
+        pytest.fail(f"{wheel} missing or changed; run python -m scripts build-models")
     return elpv.extract(wheel, tmp_path_factory.mktemp("elpv") / "extracted")
 
 
@@ -64,7 +64,7 @@ def test_quick_vgg16_elpv_is_served_and_reproduces_its_card(
     """build_elpv --quick (real VGG16; 150 train, 60 val, 60 test cells per class; 160 px; head
     only), then every test cell it was measured on goes through POST /classify: the service
     must agree with the card's test accuracy, which must beat chance clearly."""
-    from scripts import build_elpv
+    from scripts.recipes import build_elpv
 
     cells, data = elpv_cells
     monkeypatch.setattr(elpv, "extract", lambda wheel, dest: (cells, data))

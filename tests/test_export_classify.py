@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from scripts.exporters.classify import build_classifier, export_classifier, load_checkpoint
+from scripts.export.classifier import build_classifier, export_classifier, load_checkpoint
 from service.cards import read_card
 
 
@@ -63,7 +63,7 @@ def test_failed_export_keeps_the_previous_model(tmp_path):
 
 
 def test_cli_exports_a_finetune_style_checkpoint(tmp_path):
-    from scripts.export import main
+    from scripts.export.cli import main
 
     torch.manual_seed(0)
     model = build_classifier("resnet18", 2, head="gap")

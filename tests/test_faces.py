@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from skimage.transform import SimilarityTransform, warp
 
-from scripts.exporters.faces import (
+from scripts.export.faces import (
     batch_consistency,
     fold_quantization,
     make_batch_dynamic,

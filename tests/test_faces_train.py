@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from scripts.train_face_embedder import (
+from scripts.train.similarity.cli import main
+from scripts.train.similarity.metrics import (
     accuracy_threshold,
     calibrate,
     far_threshold,
-    main,
     pair_scores,
     pairwise_distances,
     roc_auc,
@@ -146,8 +146,8 @@ def test_training_script_end_to_end(tmp_path: Path, capsys):
     assert out.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
-    # scripts/export.py face re-exports the checkpoint with the same calibration
-    from scripts.export import main as export_main
+    # scripts/export/cli.py face re-exports the checkpoint with the same calibration
+    from scripts.export.cli import main as export_main
 
     export_main(["face", "--checkpoint", str(result.checkpoint), "--name", "again",
                  "--out", str(tmp_path / "models")])  # fmt: skip

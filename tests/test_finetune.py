@@ -1,4 +1,4 @@
-"""scripts/finetune.py end to end on a tiny generated ImageFolder (random-weight MobileNetV2 at
+"""train-classifier end to end on a tiny generated ImageFolder (random-weight MobileNetV2 at
 32x32): one epoch runs and exports a card with the labels, the service serves the export,
 --seed is deterministic, and a run resumed after an interruption ends exactly where the
 uninterrupted run does."""
@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-import scripts.training.loop as loop
-from scripts.exporters.classify import build_classifier, load_checkpoint
-from scripts.finetune import main
+import scripts.train.classification.loop as loop
+from scripts.export.classifier import build_classifier, load_checkpoint
+from scripts.train.classification.cli import main
 from service.cards import read_card
 from tests.helpers import encode, serve
 
@@ -93,7 +93,7 @@ def test_one_epoch_trains_reports_and_exports_a_servable_model(photos: Path, tmp
     body = r.json()
     assert body["model"] == "fruit"
     assert sorted(p["label"] for p in body["predictions"]) == CLASSES
-    from scripts.training.data import Transforms, load
+    from scripts.train.classification.data import Transforms, load
 
     x = Transforms(ckpt["preprocess"], augment=False).eval(load(photos / "banana" / "1.jpg", 37))
     with torch.no_grad():

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts.build_models import CACHE, DEFAULTS
-from scripts.finetune import main
-from scripts.training.lfw import write_lfw_subset
+from scripts.constants import CACHE
+from scripts.recipes.defaults import DEFAULTS
+from scripts.recipes.lfw import write_lfw_subset
+from scripts.train.classification.cli import main
 from service.cards import read_card
 
 pytestmark = [pytest.mark.real_weights, pytest.mark.usefixtures("one_torch_thread")]
@@ -19,11 +20,11 @@ pytestmark = [pytest.mark.real_weights, pytest.mark.usefixtures("one_torch_threa
 
 @pytest.fixture(scope="module")
 def mobilenet_weights() -> Path:
-    """The ImageNet MobileNetV2 checkpoint scripts/build_models.py fetched (never fetched here)."""
+    """The ImageNet MobileNetV2 checkpoint build-models fetched (never fetched here)."""
     packaged = next(m for m in DEFAULTS if m.name == "mobilenet_v2-imagenet").weights[0]
     path = CACHE / "weights" / packaged.package.replace("==", "-") / Path(packaged.member).name
     if not path.is_file():
-        pytest.fail(f"{path} missing; run python scripts/build_models.py")
+        pytest.fail(f"{path} missing; run python -m scripts build-models")
     return path
 
 

@@ -12,10 +12,10 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from scripts.exporters.classify import build_classifier
-from scripts.training import strategies, weights
-from scripts.training.data import epoch_order, is_skewed, scan
-from scripts.training.report import metrics
+from scripts.export.classifier import build_classifier
+from scripts.train.classification import strategies, weights
+from scripts.train.classification.data import epoch_order, is_skewed, scan
+from scripts.train.classification.report import metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, shared CPU
 

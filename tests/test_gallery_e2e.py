@@ -198,7 +198,7 @@ def test_two_replicas_on_postgresql_agree(models: Path, tmp_path: Path, testdata
 
 
 def test_bench_gallery_runs_small(default_models: Path, testdata: Path, tmp_path: Path) -> None:
-    """scripts/bench_gallery.py end to end on a small gallery: its JSON has every figure."""
+    """scripts/bench/gallery.py end to end on a small gallery: its JSON has every figure."""
     import subprocess
     import sys
 
@@ -206,7 +206,7 @@ def test_bench_gallery_runs_small(default_models: Path, testdata: Path, tmp_path
 
     out = tmp_path / "bench.json"
     subprocess.run(
-        [sys.executable, "scripts/bench_gallery.py", "--photo", str(testdata / "obama3.jpg"),
+        [sys.executable, "-m", "scripts", "bench-gallery", "--photo", str(testdata / "obama3.jpg"),
          "--faces", "3000", "--requests", "2", "--enrol-clients", "2", "--enrolments", "1",
          "--threads", "1", "--models", str(default_models), "--out", str(out)],
         cwd=ROOT, check=True, timeout=300, capture_output=True,

@@ -349,34 +349,33 @@ def test_after_export_prints_by_name_for_an_oversize_folder(folder, capsys):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["scripts.export", "classify", "--help"],
-        ["scripts.export", "detect", "--help"],
-        ["scripts.export", "face", "--help"],
-        ["scripts.export", "segment", "--help"],
-        ["scripts.finetune", "--help"],
-        ["scripts.train_face_embedder", "train", "--help"],
-        ["scripts.train_segmenter", "--help"],
+        ["export", "classify", "--help"],
+        ["export", "detect", "--help"],
+        ["export", "face", "--help"],
+        ["export", "segment", "--help"],
+        ["train-classifier", "--help"],
+        ["train-faces", "train", "--help"],
+        ["train-segmenter", "--help"],
     ],
 )
 def test_every_exporting_cli_has_the_flags(argv, capsys):
-    import importlib
+    from scripts.__main__ import main
 
-    main = importlib.import_module(argv[0]).main
     with pytest.raises(SystemExit) as exited:
-        main(argv[1:])
+        main(argv)
     assert exited.value.code == 0
     out = capsys.readouterr().out
     assert "--load-into URL" in out and "--load-by-name" in out and "--api-key" in out
 
 
 def test_export_cli_loads_what_it_wrote(stand_in, tmp_path, capsys):
-    """scripts/export.py end to end: a tiny ultralytics-layout ONNX in, and the stand-in gets
+    """The export command end to end: a tiny ultralytics-layout ONNX in, and the stand-in gets
     exactly the folder the exporter wrote."""
     import torch
     from torch import nn
 
-    from scripts.export import main as export_main
-    from scripts.exporters.common import to_onnx_bytes
+    from scripts.export.cli import main as export_main
+    from scripts.export.common import to_onnx_bytes
 
     class Constant(nn.Module):  # a YOLOv8-layout (1, 4 + 1 class, 84 anchors) answer at 64 px
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         n for n in (CLASSIFIER, DETECTOR) if not (DEFAULT_MODELS / n / "model.onnx").exists()
     ]
     if missing:
-        pytest.fail(f"default models missing: {missing}; run python scripts/build_models.py")
+        pytest.fail(f"default models missing: {missing}; run python -m scripts build-models")
     models = tmp_path_factory.mktemp("oip-real")
     for name in (CLASSIFIER, DETECTOR):
         shutil.copytree(DEFAULT_MODELS / name, models / name)

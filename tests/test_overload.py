@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from scripts.exporters.classify import export_classifier
+from scripts.export.classifier import export_classifier
 from tests.helpers import encode, noise_image, start_server
 
 DEADLINE_S = 4.0

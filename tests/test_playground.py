@@ -3,7 +3,7 @@
 DOM and the canvas pixels against the JSON the page received, and keep a screenshot of each
 task under artifacts/ (playground-<task>.png).
 
-The answers come from the default models (scripts/build_models.py); the API-key flow runs
+The answers come from the default models (scripts/recipes/build_models.py); the API-key flow runs
 over the tiny test classifier.
 """
 
@@ -91,7 +91,7 @@ def real_server(default_models: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="module")
 def shapes_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A held-out image of the default segmenter's shapes dataset, with several objects."""
-    from scripts.make_shapes_dataset import make_split, splits
+    from scripts.recipes.shapes import make_split, splits
 
     out = tmp_path_factory.mktemp("shapes")
     coco = json.loads(make_split(out, splits(0, 6, seed=7)[1]).read_text())

@@ -1,4 +1,4 @@
-"""scripts/training/precision.py: which precision `auto` picks, and what autocast does."""
+"""train/classification/precision.py: which precision `auto` picks, and what autocast does."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from scripts.training import FinetuneError, precision
+from scripts.train.classification import FinetuneError, precision
 
 
 def test_auto_follows_the_cpus_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:

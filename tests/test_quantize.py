@@ -1,4 +1,4 @@
-"""scripts/quantize.py on tiny models built by the project's exporters: the INT8 folder loads,
+"""The quantize command on tiny models built by the project's exporters: the INT8 folder loads,
 its card validates and records the method, the service serves it, the graph really holds
 QuantizeLinear/DequantizeLinear, and outputs stay close to FP32 on smooth images."""
 
@@ -15,7 +15,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from scripts.quantize import Config, Plan, TensorReader, match_pairs, quantize_model, tail_nodes
+from scripts.quantize.evaluate import match_pairs
+from scripts.quantize.plan import Config, Plan
+from scripts.quantize.quantize import TensorReader, quantize_model, tail_nodes
 from service.cards import ModelCard, read_card
 from service.images import DecodedImage
 from service.preprocess import to_batch

@@ -28,7 +28,7 @@ def _export(out: Path, name: str, seed: int, labels: list[str]) -> Path:
     import torch
     from torch import nn
 
-    from scripts.exporters.classify import export_classifier
+    from scripts.export.classifier import export_classifier
 
     torch.manual_seed(seed)
     model = nn.Sequential(

@@ -1,4 +1,4 @@
-"""/segment over a tiny Mask R-CNN exported by scripts/exporters/segment.py, through the real
+"""/segment over a tiny Mask R-CNN exported by scripts/export/maskrcnn.py, through the real
 lifespan; plus the export's own parity check.
 
 The tiny model has random weights except its class-1 predictors, so its answers are known:
@@ -33,7 +33,7 @@ LABELS = ["__background__", "circle", "square", "triangle"]
 def tiny_maskrcnn():
     import torch
 
-    from scripts.segmentation.models import ModelConfig, build_model
+    from scripts.train.segmentation.models import ModelConfig, build_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(
@@ -55,7 +55,7 @@ def tiny_maskrcnn():
 
 @pytest.fixture(scope="module")
 def tiny_segmenter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scripts.exporters.segment import export_segmenter
+    from scripts.export.maskrcnn import export_segmenter
 
     model, cfg = tiny_maskrcnn()
     out = tmp_path_factory.mktemp("models")

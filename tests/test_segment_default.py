@@ -1,4 +1,4 @@
-"""The default segmenter (built by scripts/build_models.py) segments held-out generated images at
+"""The default segmenter (built by build-models) segments held-out generated images at
 the mask IoU its card claims, answered through /segment and decoded with pycocotools."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pycocotools.mask as coco_mask
 import pytest
 
-from scripts.make_shapes_dataset import make_split, splits
-from scripts.segmentation.data import CocoInstances, load_coco
-from scripts.segmentation.default import NAME
-from scripts.segmentation.evaluate import match
+from scripts.recipes.segmenter import NAME
+from scripts.recipes.shapes import make_split, splits
+from scripts.train.segmentation.data import CocoInstances, load_coco
+from scripts.train.segmentation.evaluate import match
 from service.masks import BoxMask
 from service.tasks.segment import Instances
 from tests.helpers import serve

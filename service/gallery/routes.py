@@ -37,12 +37,12 @@ from service.gallery.schemas import (
 )
 from service.gallery.service import Galleries
 from service.gallery.store import Audit, Gallery
+from service.preprocess import needed_side
 from service.routes.common import (
     ImageUpload,
     app_settings,
     decode_upload,
     get_registry,
-    needed_side,
 )
 from service.routes.faces import _face
 from service.schemas import ERROR_RESPONSES

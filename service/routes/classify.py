@@ -4,12 +4,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from service.preprocess import needed_side
 from service.routes.common import (
     ImageUpload,
     ModelName,
     app_settings,
     get_registry,
-    needed_side,
     read_upload,
 )
 from service.schemas import ERROR_RESPONSES, ClassifyResponse, ClassPrediction, ImageInfo

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import File, Query, Request, UploadFile
 
-from service.cards import ModelCard
 from service.images import DecodedImage, EncodedImage, decode
 from service.repository import ModelRegistry
 from service.settings import Settings
@@ -72,16 +71,6 @@ def get_registry(request: Request) -> ModelRegistry:
 def app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
-
-
-def needed_side(card: ModelCard) -> int | None:
-    """The smallest source side that still feeds the model at full resolution (JPEG draft)."""
-    spec = card.preprocess
-    if spec.resize == "crop":
-        return spec.resize_short
-    if spec.size is not None:
-        return max(spec.size)
-    return None
 
 
 async def read_upload(

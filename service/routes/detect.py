@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from service.images import EncodedImage
+from service.preprocess import needed_side
 from service.routes.common import (
     ClassFilter,
     ImageUpload,
@@ -16,7 +17,6 @@ from service.routes.common import (
     TilingParam,
     app_settings,
     get_registry,
-    needed_side,
     read_upload,
 )
 from service.schemas import ERROR_RESPONSES, Detection, DetectResponse, ImageInfo, TilingInfo

@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
-from service.routes.common import app_settings, decode_upload, get_registry, needed_side
+from service.preprocess import needed_side
+from service.routes.common import app_settings, decode_upload, get_registry
 from service.schemas import (
     ERROR_RESPONSES,
     DetectedFace,

@@ -1,0 +1,1 @@
+"""Static INT8 quantisation of a served model: calibrate, quantize, evaluate."""

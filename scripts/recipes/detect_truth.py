@@ -1,0 +1,173 @@
+"""Hand-drawn boxes on Darknet's sample photos (Debian's darknet data, fetched by
+scripts/recipes/build_models.py into the test data), and how detections are matched to them.
+
+Every object a person sees whose box covers at least 32x32 px (COCO medium, large),
+[x1, y1, x2, y2] in original pixels, drawn on a pixel grid and checked by eye. An object counts
+as found when a detection with an accepted label overlaps it with IoU >= 0.5 (one detection per
+object). `must` marks the objects the detector has to find; the others (occluded, or where
+YOLOv3-tiny is known to be weak) count towards the recall figure only. Used by
+tests/test_detect_real.py and scripts/quantize/evaluate.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.boxes import greedy_pairs, iou
+
+
+@dataclass(frozen=True)
+class Truth:
+    labels: tuple[str, ...]  # accepted labels (a pickup truck is a car to many annotators)
+    box: tuple[int, int, int, int]
+    must: bool = True
+
+
+TRUTH: dict[str, list[Truth]] = {
+    "dog.jpg": [  # 768x576: a dog and a bicycle on a porch, a pickup in the street
+        Truth(("dog",), (133, 222, 310, 540)),
+        Truth(("bicycle",), (127, 140, 566, 420)),
+        Truth(("truck", "car"), (466, 73, 690, 170)),
+        Truth(("motorcycle",), (55, 71, 110, 122), must=False),  # half behind a post
+    ],
+    "person.jpg": [  # 640x424
+        Truth(("person",), (190, 100, 275, 375)),
+        Truth(("dog",), (63, 263, 205, 345)),
+        Truth(("horse",), (405, 138, 600, 347)),
+    ],
+    "horses.jpg": [  # 773x512: five horses overlapping each other
+        Truth(("horse",), (0, 195, 315, 410)),
+        Truth(("horse",), (172, 196, 418, 362), must=False),
+        Truth(("horse",), (280, 210, 456, 322), must=False),
+        Truth(("horse",), (440, 213, 595, 347), must=False),
+        Truth(("horse",), (0, 187, 153, 262), must=False),
+    ],
+    "giraffe.jpg": [  # 500x500
+        Truth(("giraffe",), (168, 28, 448, 442)),
+        Truth(("zebra",), (250, 203, 422, 428)),
+    ],
+    "eagle.jpg": [Truth(("bird",), (133, 87, 600, 447))],  # 773x512
+    "kite.jpg": [  # 1352x900: two walkers on a beach, kites (YOLOv3-tiny boxes them too small)
+        Truth(("person",), (114, 612, 164, 762), must=False),
+        Truth(("person",), (217, 699, 270, 853), must=False),
+        Truth(("kite",), (592, 80, 670, 151), must=False),
+    ],
+}
+
+
+def match(truths: list[Truth], detections: list[dict[str, Any]]) -> list[float]:
+    """Per truth, the IoU of the detection that found it (0.0 if none). Greedy by IoU, each
+    detection used once."""
+    best = [0.0] * len(truths)
+    if not detections:
+        return best
+    boxes = np.array([d["box"] for d in detections], np.float32)
+    gt = np.array([t.box for t in truths], np.float32)
+    overlap = iou(gt, boxes)
+    for i, t in enumerate(truths):
+        overlap[i, [d["label"] not in t.labels for d in detections]] = 0.0
+    for i, _, value in greedy_pairs(overlap):
+        best[i] = value
+    return best
+
+
+# --- small objects, for the tiling measurements (scripts/bench/tiling.py) -------------------
+# Drawn the same way on 2.5-4x crops with a 10-20 px grid, down to about 12 px on the longer
+# side. Smaller things a person can still make out (far cars, far kite surfers) are `IGNORE`
+# regions: a detection centred in one is neither found nor false.
+VEHICLE = ("car", "truck", "bus")
+
+SMALL: dict[str, list[Truth]] = {
+    "kite.jpg": [  # the kites and people under 32 px that TRUTH leaves out
+        Truth(("kite",), (281, 238, 305, 281)),
+        Truth(("kite",), (467, 340, 485, 359)),
+        Truth(("kite",), (577, 345, 600, 370)),
+        Truth(("kite",), (302, 375, 326, 407)),
+        Truth(("kite",), (1083, 394, 1101, 422)),
+        Truth(("person",), (23, 531, 39, 558)),  # child in a red cap
+        Truth(("person",), (41, 511, 53, 562)),
+        Truth(("person",), (82, 508, 101, 566)),
+        Truth(("person",), (95, 538, 109, 566), must=False),  # crouching behind the man
+        Truth(("person",), (177, 541, 191, 574)),  # girl in the surf
+        Truth(("person",), (347, 487, 356, 504)),  # kite surfers
+        Truth(("person",), (521, 505, 532, 530)),
+        Truth(("person",), (535, 515, 554, 534)),
+    ],
+}
+
+IGNORE: dict[str, list[tuple[int, int, int, int]]] = {
+    "kite.jpg": [
+        (755, 372, 775, 396),
+        (440, 455, 475, 490),
+        (770, 445, 830, 470),
+        (1195, 440, 1225, 470),
+    ],
+    "small-vehicles1.jpeg": [(620, 140, 780, 192)],  # far traffic, under 12 px
+}
+
+# Never tuned on: the tiling defaults were chosen on TRUTH + SMALL alone.
+HELD_OUT: dict[str, list[Truth]] = {
+    "small-vehicles1.jpeg": [  # 1068x580, SAHI's demo: a motorway from a bridge
+        Truth(VEHICLE, (322, 323, 382, 362)),
+        Truth(VEHICLE, (383, 279, 418, 304)),
+        Truth(VEHICLE, (448, 310, 495, 339)),
+        Truth(VEHICLE, (524, 225, 544, 241)),
+        Truth(VEHICLE, (544, 235, 565, 251)),
+        Truth(VEHICLE, (564, 242, 589, 261)),
+        Truth(VEHICLE, (605, 241, 629, 259)),
+        Truth(VEHICLE, (701, 233, 721, 251)),
+        Truth(VEHICLE, (719, 242, 748, 273)),
+        Truth(VEHICLE, (760, 229, 781, 248)),
+        Truth(VEHICLE, (766, 260, 794, 284)),
+        Truth(VEHICLE, (833, 309, 874, 344)),
+        Truth(VEHICLE, (643, 191, 658, 208)),
+        Truth(VEHICLE, (622, 206, 639, 219)),
+        Truth(VEHICLE, (618, 202, 629, 211), must=False),  # half behind the white car
+        Truth(VEHICLE, (627, 195, 639, 204)),
+        Truth(VEHICLE, (657, 203, 671, 215)),
+        Truth(VEHICLE, (785, 204, 800, 220)),
+        Truth(VEHICLE, (750, 191, 761, 201)),
+    ],
+    "terrain2.png": [  # 1024x682, SAHI's demo: five jeeps in a desert
+        Truth(VEHICLE, (221, 443, 443, 603)),
+        Truth(VEHICLE, (500, 453, 619, 547)),
+        Truth(VEHICLE, (639, 430, 716, 491)),
+        Truth(VEHICLE, (727, 423, 791, 474)),
+        Truth(VEHICLE, (790, 403, 835, 451)),
+    ],
+}
+
+
+def tuning_set() -> dict[str, list[Truth]]:
+    """TRUTH with the small objects of SMALL added: what the tiling defaults were tuned on."""
+    return {name: truths + SMALL.get(name, []) for name, truths in TRUTH.items()}
+
+
+def false_boxes(
+    name: str, truths: list[Truth], detections: list[dict[str, Any]], min_score: float = 0.5
+) -> int:
+    """Detections scoring >= min_score that found no hand-drawn object (a second box on one
+    object counts) and are not centred in an IGNORE region of `name`."""
+    confident = [d for d in detections if d["score"] >= min_score]
+    if not confident:
+        return 0
+    used: set[int] = set()
+    if truths:
+        boxes = np.array([d["box"] for d in confident], np.float32)
+        overlap = iou(np.array([t.box for t in truths], np.float32), boxes)
+        for i, t in enumerate(truths):
+            overlap[i, [d["label"] not in t.labels for d in confident]] = 0.0
+        used = {j for _, j, _ in greedy_pairs(overlap)}
+    regions = IGNORE.get(name, [])
+    count = 0
+    for j, d in enumerate(confident):
+        if j in used:
+            continue
+        x1, y1, x2, y2 = d["box"]
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        if not any(a <= cx <= c and b <= cy <= e for a, b, c, e in regions):
+            count += 1
+    return count

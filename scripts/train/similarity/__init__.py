@@ -1,0 +1,1 @@
+"""Face-embedding (similarity) training: a Siamese tower with triplet loss."""

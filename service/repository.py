@@ -341,7 +341,7 @@ class ModelRepository:
             self.registry.loading = False
         if not found:
             log.warning(
-                "no models found in %s: build them with scripts/build_models.py", self.models_dir
+                "no models found in %s: build them with python -m scripts build-models", self.models_dir
             )
         if self.settings.model_control == "poll":
             self._poller = asyncio.create_task(self._poll_loop(), name="model-poll")

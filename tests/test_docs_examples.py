@@ -41,7 +41,7 @@ JSON_KEY = re.compile(r'"([A-Za-z_][\w-]*)"\s*:')
 # values that do not change from run to run: what the model said, and which error
 CHECKED_VALUE = re.compile(r'"(code|label|model|verified)"\s*:\s*("[^"]*"|true|false)')
 # photo names used in the docs -> where the test takes them from ("testdata": the photos
-# scripts/build_models.py fetches; "chelsea"/"coffee": scikit-image; "shapes": generated)
+# python -m scripts build-models fetches; "chelsea"/"coffee": scikit-image; "shapes": generated)
 PHOTOS = {
     "cat.jpg": "chelsea",
     "coffee.jpg": "coffee",
@@ -149,11 +149,11 @@ def workdir(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import skimage.data
     from PIL import Image
 
-    from scripts.make_shapes_dataset import make_split, splits
+    from scripts.recipes.shapes import make_split, splits
 
     folder = tmp_path_factory.mktemp("examples")
     # shapes.jpg: as docs/api/rest.md says, val_00001.jpg of
-    # `python scripts/make_shapes_dataset.py --out DIR --train 0 --val 3 --seed 7`
+    # `python -m scripts make-shapes --out DIR --train 0 --val 3 --seed 7`
     shapes_dir = tmp_path_factory.mktemp("shapes")
     make_split(shapes_dir, splits(train=0, val=3, seed=7)[1])
     sources = {

@@ -39,12 +39,13 @@ from service.gallery.service import Galleries
 from service.gallery.store import Audit, Gallery
 from service.routes.common import (
     ImageUpload,
-    app_settings,
+    RegistryDep,
+    SettingsDep,
     decode_upload,
-    get_registry,
+    face_models,
+    face_out,
     needed_side,
 )
-from service.routes.faces import _face
 from service.schemas import ERROR_RESPONSES
 from service.tenancy import Principal, principal_of
 from service.timing import Timing, off_loop
@@ -59,7 +60,7 @@ DetectorName = Annotated[
 ]
 
 
-def get_galleries(request: Request) -> Galleries:
+async def get_galleries(request: Request) -> Galleries:
     galleries: Galleries = request.app.state.galleries
     return galleries
 
@@ -125,7 +126,7 @@ async def delete_gallery(
 
 @router.post("/galleries/{gallery}/subjects", response_model=SubjectOut, status_code=201)
 async def create_subject(
-    request: Request,
+    registry: RegistryDep,
     gallery: GalleryName,
     body: SubjectCreate,
     galleries: GalleriesDep,
@@ -142,7 +143,7 @@ async def create_subject(
     """Add a subject (creating the gallery, bound to one embedder model, if it is new)."""
     existing = await off_loop(galleries.store.find_gallery, principal.tenant, gallery)
     if existing is None:
-        embedder = get_registry(request).get("face-embed", model)
+        embedder = registry.get("face-embed", model)
         existing = await off_loop(
             galleries.store.ensure_gallery, principal.tenant, gallery, embedder.name,
             embedder.version,
@@ -216,7 +217,8 @@ async def delete_subject(
     "/galleries/{gallery}/subjects/{subject}/faces", response_model=EnrolResponse, status_code=201
 )
 async def enrol_face(
-    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
     gallery: GalleryName,
     subject: SubjectName,
     image: ImageUpload,
@@ -230,16 +232,12 @@ async def enrol_face(
     """Detect, align and embed the face in a photo and store it for the subject (no photo kept)."""
     timing = Timing()
     found = await _gallery(galleries, principal, gallery)
-    registry = get_registry(request)
-    embedder = registry.get("face-embed", found.model_ref)
-    finder = registry.get("face-detect", detector)
-    decoded = await decode_upload(
-        image, app_settings(request), timing, min_side=needed_side(finder.card)
-    )
+    embedder, finder = face_models(registry, found.model_ref, detector)
+    decoded = await decode_upload(image, settings, timing, min_side=needed_side(finder.card))
     result = await service.enrol(galleries, found, subject, finder, embedder, decoded, all, timing)
     faces = [
-        StoredFace(face_id=face_id, box=_face(result.faces, i).box,
-                   score=_face(result.faces, i).score, quality=result.qualities[i])
+        StoredFace(face_id=face_id, box=face_out(result.faces, i).box,
+                   score=face_out(result.faces, i).score, quality=result.qualities[i])
         for i, face_id in enumerate(result.ids)
     ]  # fmt: skip
     return EnrolResponse(
@@ -268,7 +266,8 @@ async def delete_face(
 
 @router.post("/galleries/{gallery}/identify", response_model=IdentifyResponse)
 async def identify(
-    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
     gallery: GalleryName,
     image: ImageUpload,
     galleries: GalleriesDep,
@@ -280,12 +279,8 @@ async def identify(
     """Who is in this photo? Every face against the gallery's subjects."""
     timing = Timing()
     found = await _gallery(galleries, principal, gallery)
-    registry = get_registry(request)
-    embedder = registry.get("face-embed", found.model_ref)
-    finder = registry.get("face-detect", detector)
-    decoded = await decode_upload(
-        image, app_settings(request), timing, min_side=needed_side(finder.card)
-    )
+    embedder, finder = face_models(registry, found.model_ref, detector)
+    decoded = await decode_upload(image, settings, timing, min_side=needed_side(finder.card))
     result = await service.identify(
         galleries, found, finder, embedder, decoded, top_k, max_faces, timing
     )
@@ -295,7 +290,7 @@ async def identify(
         known = best is not None and best.similarity >= result.threshold
         faces.append(
             IdentifiedFace(
-                **_face(result.faces, i).model_dump(),
+                **face_out(result.faces, i).model_dump(),
                 matches=[MatchOut(subject=m.subject, similarity=m.similarity) for m in matches],
                 subject=best.subject if known and best else None,
                 similarity=best.similarity if best else None,
@@ -348,7 +343,11 @@ IMPORT_BODY = {
     openapi_extra=IMPORT_BODY,
 )
 async def import_gallery(
-    request: Request, gallery: GalleryName, galleries: GalleriesDep, principal: Writer
+    request: Request,
+    registry: RegistryDep,
+    gallery: GalleryName,
+    galleries: GalleriesDep,
+    principal: Writer,
 ) -> ImportResponse:
     """Import an export: all of it or nothing; refused when its model is not the gallery's."""
     body = await request.body()  # bounded by the upload limit (IIS_MAX_UPLOAD_BYTES)
@@ -356,7 +355,7 @@ async def import_gallery(
     existing = await off_loop(galleries.store.find_gallery, principal.tenant, gallery)
     if existing is None:
         # a new gallery takes the file's model, which this server must have
-        embedder = get_registry(request).get("face-embed", f"{parsed.model}@{parsed.model_version}")
+        embedder = registry.get("face-embed", f"{parsed.model}@{parsed.model_version}")
         transfer.check_model(parsed, None, embedder.name, embedder.version)
         existing = await off_loop(
             galleries.store.ensure_gallery, principal.tenant, gallery, embedder.name,

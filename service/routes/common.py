@@ -1,16 +1,23 @@
-"""What every task route shares: the registry, the settings, reading and decoding an upload."""
+"""What the routes share: the registry, settings and repository as dependencies, the query
+parameters several routes take, reading and decoding an upload, encoding a face."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import File, Query, Request, UploadFile
+from fastapi import Depends, File, Path, Query, Request, UploadFile
 
 from service.cards import ModelCard
+from service.detections import Detections
+from service.errors import ModelControlDisabled
 from service.images import DecodedImage, EncodedImage, decode
-from service.repository import ModelRegistry
+from service.repository import NAME, ModelRegistry, ModelRepository
+from service.runtime import ModelRuntime
+from service.schemas import DetectedFace
 from service.settings import Settings
-from service.tiling import MAX_TILE, MAX_TILES, MIN_TILE, TilingMode
+from service.tasks.detect import DetectOptions
+from service.tasks.faces import landmarks_of
+from service.tiling import MAX_TILE, MAX_TILES, MIN_TILE, TilingMode, TilingOptions
 from service.timing import Timing, in_thread
 
 # Parameters several routes share, declared once so their limits and docs cannot drift apart.
@@ -64,14 +71,72 @@ MaxTiles = Annotated[
 ]
 
 
-def get_registry(request: Request) -> ModelRegistry:
+ModelPath = Annotated[str, Path(max_length=64, pattern=NAME.pattern, description="Model name.")]
+
+
+# Dependencies: async, so that FastAPI calls them on the event loop, not in a worker thread.
+
+
+async def get_registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def get_repository(request: Request) -> ModelRepository:
+    repository: ModelRepository | None = request.app.state.repository
+    if repository is None:
+        raise ModelControlDisabled("the model repository is not running (server starting)")
+    return repository
+
+
+async def detect_options(
+    score_threshold: Annotated[
+        float, Query(ge=0.0, le=1.0, description="Drop detections scoring below this.")
+    ] = 0.25,
+    iou_threshold: IouThreshold = 0.45,
+    max_detections: Annotated[
+        int, Query(ge=1, le=1000, description="Most detections returned, best first.")
+    ] = 100,
+) -> DetectOptions:
+    """/detect's and /segment's thresholds (the class filter needs the model's labels)."""
+    return DetectOptions(score_threshold, iou_threshold, max_detections)
+
+
+async def tiling_options(
+    tiling: TilingParam = "off",
+    tile_size: TileSize = None,
+    tile_overlap: TileOverlap = 0.25,
+    max_tiles: MaxTiles = 16,
+) -> TilingOptions:
+    return TilingOptions(tiling, tile_size, tile_overlap, max_tiles)
+
+
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
+DetectOptionsDep = Annotated[DetectOptions, Depends(detect_options)]
+TilingDep = Annotated[TilingOptions, Depends(tiling_options)]
+
+
+def face_models(
+    registry: ModelRegistry, embedder: str | None, detector: str | None
+) -> tuple[ModelRuntime, ModelRuntime]:
+    """(face-embed, face-detect) runtimes by name (None: the defaults), leased."""
+    return registry.get("face-embed", embedder), registry.get("face-detect", detector)
+
+
+def face_out(faces: Detections, i: int) -> DetectedFace:
+    """Face i as the responses show it: box, score, landmarks, rounded."""
+    return DetectedFace(
+        box=[round(float(v), 2) for v in faces.xyxy[i]],
+        score=round(float(faces.score[i]), 4),
+        landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in landmarks_of(faces)[i]],
+    )
 
 
 def needed_side(card: ModelCard) -> int | None:

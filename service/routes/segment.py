@@ -2,21 +2,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from service.images import EncodedImage
 from service.routes.common import (
     ClassFilter,
+    DetectOptionsDep,
     ImageUpload,
-    IouThreshold,
-    MaxTiles,
     ModelName,
-    TileOverlap,
-    TileSize,
-    TilingParam,
-    app_settings,
+    RegistryDep,
+    SettingsDep,
+    TilingDep,
     decode_upload,
-    get_registry,
 )
 from service.schemas import (
     ERROR_RESPONSES,
@@ -27,15 +24,8 @@ from service.schemas import (
     TilingInfo,
 )
 from service.tasks.detect import resolve_classes
-from service.tasks.segment import (
-    GraphResize,
-    MaskFormat,
-    SegmentOptions,
-    SegmentResult,
-    segment,
-)
-from service.tasks.tiled import TilingReport, segment_tiled
-from service.tiling import TilingOptions
+from service.tasks.segment import GraphResize, MaskFormat, SegmentOptions, segment
+from service.tasks.tiled import segment_tiled
 from service.timing import Timing
 
 router = APIRouter(tags=["segment"])
@@ -48,15 +38,11 @@ router = APIRouter(tags=["segment"])
     responses=ERROR_RESPONSES,
 )
 async def segment_instances(
-    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
     image: ImageUpload,
-    score_threshold: Annotated[
-        float, Query(ge=0.0, le=1.0, description="Drop instances scoring below this.")
-    ] = 0.25,
-    iou_threshold: IouThreshold = 0.45,
-    max_detections: Annotated[
-        int, Query(ge=1, le=1000, description="Most instances returned, best first.")
-    ] = 100,
+    detect_options: DetectOptionsDep,
+    tiles: TilingDep,
     classes: ClassFilter = None,
     mask_threshold: Annotated[
         float,
@@ -66,57 +52,45 @@ async def segment_instances(
         MaskFormat,
         Query(description="rle: COCO compressed RLE; polygon: COCO polygons; png: 1-bit PNG."),
     ] = "rle",
-    tiling: TilingParam = "off",
-    tile_size: TileSize = None,
-    tile_overlap: TileOverlap = 0.25,
-    max_tiles: MaxTiles = 16,
     model: ModelName = None,
 ) -> SegmentResponse:
     """Object instances in one image: labelled boxes and masks in original pixels, best first."""
     timing = Timing()
-    runtime = get_registry(request).get("segment", model)
-    labels = runtime.card.labels
+    runtime = registry.get("segment", model)
     options = SegmentOptions(
-        score_threshold=score_threshold,
-        iou_threshold=iou_threshold,
-        max_detections=max_detections,
-        classes=resolve_classes(classes, labels) if classes else None,
+        score_threshold=detect_options.score_threshold,
+        iou_threshold=detect_options.iou_threshold,
+        max_detections=detect_options.max_detections,
+        classes=resolve_classes(classes, runtime.card.labels) if classes else None,
         mask_threshold=mask_threshold,
     )
-    report: TilingReport | None = None
-    if tiling == "off":
-        decoded = await decode_upload(
-            image,
-            app_settings(request),
-            timing,
-            min_side=GraphResize.of(runtime.card).min_size,
-        )
+    tiling_info = None
+    if tiles.mode == "off":
+        min_side = GraphResize.of(runtime.card).min_size
+        decoded = await decode_upload(image, settings, timing, min_side=min_side)
         result = await segment(runtime, decoded, options, mask_format, timing)
+        found, encoded = result.instances, result.encoded
     else:
-        upload = EncodedImage(await image.read(), app_settings(request).max_pixels, None)
-        tiles = TilingOptions(tiling, tile_size, tile_overlap, max_tiles)
+        upload = EncodedImage(await image.read(), settings.max_pixels, None)
         tiled = await segment_tiled(runtime, upload, options, mask_format, tiles, timing)
-        decoded, report = tiled.image, tiled.tiling
-        result = SegmentResult(tiled.instances, tiled.encoded)
-    found = result.instances
-    instances = [
-        SegmentInstance(
-            label=labels[c] if c < len(labels) else str(c),
-            class_id=int(c),
-            score=round(float(s), 5),
-            box=[round(float(v), 2) for v in box],
-            area=mask.area,
-            mask=SegmentMask.model_validate(encoded),
-        )
-        for box, c, s, mask, encoded in zip(
-            found.xyxy, found.class_id, found.score, found.masks, result.encoded, strict=True
-        )
-    ]
+        decoded, found, encoded = tiled.image, tiled.found, tiled.encoded or []
+        tiling_info = TilingInfo(**vars(tiled.tiling))
+    masks = found.masks or []
     return SegmentResponse(
         model=runtime.name,
         model_version=runtime.version,
-        instances=instances,
+        instances=[
+            SegmentInstance(
+                label=found.label(i),
+                class_id=int(found.class_id[i]),
+                score=round(float(found.score[i]), 5),
+                box=[round(float(v), 2) for v in found.xyxy[i]],
+                area=masks[i].area,
+                mask=SegmentMask.model_validate(encoded[i]),
+            )
+            for i in range(len(found))
+        ],
         image=ImageInfo(width=decoded.width, height=decoded.height),
         timing_ms=timing.report(),
-        tiling=TilingInfo(**vars(report)) if report else None,
+        tiling=tiling_info,
     )

@@ -511,11 +511,6 @@ class ModelRepository:
         del runtime  # the last reference: the session's memory is free once collected
         await anyio.to_thread.run_sync(give_back)
 
-    async def drain(self) -> None:
-        """Wait until every retired runtime has closed (tests and the memory benchmark)."""
-        while self._retiring:
-            await asyncio.gather(*list(self._retiring), return_exceptions=True)
-
     def _publish(self, name: str) -> None:
         self.registry.refresh_defaults()
         runtime = self.registry.newest_ready(name)

@@ -3,7 +3,9 @@ parameters several routes take, reading and decoding an upload, encoding a face.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import Depends, File, Path, Query, Request, UploadFile
 
@@ -15,7 +17,7 @@ from service.repository import NAME, ModelRegistry, ModelRepository
 from service.runtime import ModelRuntime
 from service.schemas import DetectedFace
 from service.settings import Settings
-from service.tasks.detect import DetectOptions
+from service.tasks.detect import DetectOptions, resolve_classes
 from service.tasks.faces import landmarks_of
 from service.tiling import MAX_TILE, MAX_TILES, MIN_TILE, TilingMode, TilingOptions
 from service.timing import Timing, in_thread
@@ -94,7 +96,23 @@ async def get_repository(request: Request) -> ModelRepository:
     return repository
 
 
-async def detect_options(
+@dataclass(frozen=True)
+class DetectQuery:
+    """The query parameters /detect and /segment share."""
+
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+    classes: list[str] | None  # label names or ids, as sent
+    tiling: TilingOptions
+
+    def options(self, labels: Sequence[str]) -> DetectOptions:
+        """The thresholds, and the class filter resolved against the model's labels."""
+        classes = resolve_classes(self.classes, labels) if self.classes else None
+        return DetectOptions(self.score_threshold, self.iou_threshold, self.max_detections, classes)
+
+
+async def detect_query(
     score_threshold: Annotated[
         float, Query(ge=0.0, le=1.0, description="Drop detections scoring below this.")
     ] = 0.25,
@@ -102,25 +120,30 @@ async def detect_options(
     max_detections: Annotated[
         int, Query(ge=1, le=1000, description="Most detections returned, best first.")
     ] = 100,
-) -> DetectOptions:
-    """/detect's and /segment's thresholds (the class filter needs the model's labels)."""
-    return DetectOptions(score_threshold, iou_threshold, max_detections)
-
-
-async def tiling_options(
+    classes: ClassFilter = None,
     tiling: TilingParam = "off",
     tile_size: TileSize = None,
     tile_overlap: TileOverlap = 0.25,
     max_tiles: MaxTiles = 16,
-) -> TilingOptions:
-    return TilingOptions(tiling, tile_size, tile_overlap, max_tiles)
+) -> DetectQuery:
+    tiles = TilingOptions(tiling, tile_size, tile_overlap, max_tiles)
+    return DetectQuery(score_threshold, iou_threshold, max_detections, classes, tiles)
 
 
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
-DetectOptionsDep = Annotated[DetectOptions, Depends(detect_options)]
-TilingDep = Annotated[TilingOptions, Depends(tiling_options)]
+DetectQueryDep = Annotated[DetectQuery, Depends(detect_query)]
+
+
+def detection_fields(found: Detections, i: int) -> dict[str, Any]:
+    """Detection i as /detect and /segment show it: label, class id, score, box, rounded."""
+    return {
+        "label": found.label(i),
+        "class_id": int(found.class_id[i]),
+        "score": round(float(found.score[i]), 5),
+        "box": [round(float(v), 2) for v in found.xyxy[i]],
+    }
 
 
 def face_models(
@@ -128,6 +151,28 @@ def face_models(
 ) -> tuple[ModelRuntime, ModelRuntime]:
     """(face-embed, face-detect) runtimes by name (None: the defaults), leased."""
     return registry.get("face-embed", embedder), registry.get("face-detect", detector)
+
+
+@dataclass(frozen=True)
+class FacePhoto:
+    image: DecodedImage  # decoded for the detector (a JPEG draft down to its input side)
+    detector: ModelRuntime
+    embedder: ModelRuntime
+
+
+async def face_photo(
+    registry: ModelRegistry,
+    settings: Settings,
+    upload: UploadFile,
+    timing: Timing,
+    *,
+    embedder: str | None,
+    detector: str | None,
+) -> FacePhoto:
+    """The face models by name (None: the defaults), leased, and the upload decoded."""
+    embed, find = face_models(registry, embedder, detector)
+    image = await decode_upload(upload, settings, timing, min_side=needed_side(find.card))
+    return FacePhoto(image, find, embed)
 
 
 def face_out(faces: Detections, i: int) -> DetectedFace:

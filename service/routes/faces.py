@@ -12,6 +12,7 @@ from service.routes.common import (
     decode_upload,
     face_models,
     face_out,
+    face_photo,
     needed_side,
 )
 from service.schemas import (
@@ -97,8 +98,8 @@ async def embed(
 ) -> FaceEmbedResponse:
     """Every face in one photo with its box, landmarks and L2-normalised embedding."""
     timing = Timing()
-    embedder, finder = face_models(registry, model, detector)
-    decoded = await decode_upload(image, settings, timing, min_side=needed_side(finder.card))
+    photo = await face_photo(registry, settings, image, timing, embedder=model, detector=detector)
+    embedder, finder, decoded = photo.embedder, photo.detector, photo.image
     faces = await detect_faces(finder, decoded, timing, score_threshold)
     faces = faces.take(np.arange(min(len(faces), max_faces)))
     vectors = (

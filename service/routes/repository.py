@@ -53,11 +53,14 @@ async def repository_index(
     return [RepositoryIndexEntry(**row) for row in rows]
 
 
-@router.post(
-    "/v2/repository/models/{name}/load",
-    response_model=RepositoryLoadResponse,
-    responses=ERROR_RESPONSES,
-)
+# What load and unload answer: the model's versions and their states.
+_VERSIONS: dict[str, Any] = {
+    "response_model": RepositoryLoadResponse,
+    "responses": ERROR_RESPONSES,
+}
+
+
+@router.post("/v2/repository/models/{name}/load", **_VERSIONS)
 async def load_model(
     request: Request, repository: RepositoryDep, name: ModelPath
 ) -> RepositoryLoadResponse:
@@ -72,11 +75,7 @@ async def load_model(
     return _load_answer(repository, name)
 
 
-@router.post(
-    "/v2/repository/models/{name}/unload",
-    response_model=RepositoryLoadResponse,
-    responses=ERROR_RESPONSES,
-)
+@router.post("/v2/repository/models/{name}/unload", **_VERSIONS)
 async def unload_model(
     request: Request, repository: RepositoryDep, name: ModelPath
 ) -> RepositoryLoadResponse:

@@ -16,6 +16,7 @@ rows), `merge`; `inference` and `postprocess` cover every view.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -161,7 +162,28 @@ def merge_views(
     )
 
 
-# --- detect -------------------------------------------------------------------------------
+Views = Callable[[DecodedImage, list[Tile]], Awaitable[list[Detections]]]
+
+
+async def _run_tiled(
+    runtime: ModelRuntime,
+    image: DecodedImage | EncodedImage,
+    options: det.DetectOptions | seg.SegmentOptions,
+    tiling: TilingOptions,
+    timing: Timing,
+    whole_only: Callable[[DecodedImage], Awaitable[Detections]],
+    views: Views,
+) -> TiledResult:
+    """Decode, plan the tiles; none: `whole_only`, else every view's detections (`views`:
+    the whole photo's first, then each tile's in tile pixels) merged."""
+    decoded = await _decode(image, timing)
+    tiles = plan(decoded.width, decoded.height, tiling, input_side(runtime))
+    if not tiles:
+        return TiledResult(await whole_only(decoded), decoded, _report(tiling, []))
+    found = await views(decoded, tiles)
+    size = (decoded.height, decoded.width)
+    merged = await in_thread(timing, "merge", merge_views, found, tiles, size, options)
+    return TiledResult(merged, decoded, _report(tiling, tiles))
 
 
 async def detect_tiled(
@@ -171,38 +193,37 @@ async def detect_tiled(
     tiling: TilingOptions,
     timing: Timing,
 ) -> TiledResult:
-    """Detections in one photo, from its whole view and (per `tiling`) its tiles."""
-    decoded = await _decode(image, timing)
-    tiles = plan(decoded.width, decoded.height, tiling, input_side(runtime))
-    if not tiles:
-        plain = await det.detect(runtime, decoded, options, timing)
-        return TiledResult(plain.answer, decoded, _report(tiling, []))
+    """Detections in one photo, from its whole view and (per `tiling`) its tiles, which run
+    as rows of one batch."""
     card, layout = runtime.card, det.layout_of(runtime.card)
-    whole, whole_geometry = await in_thread(timing, "preprocess", det.preprocess, [decoded], card)
 
-    def prepare_tiles() -> tuple[np.ndarray, list[Geometry]]:
-        return det.preprocess(_tile_images(decoded, tiles), card)
+    async def whole_only(decoded: DecodedImage) -> Detections:
+        return (await det.detect(runtime, decoded, options, timing)).answer
 
-    rows, geometries = await in_thread(timing, "tile_preprocess", prepare_tiles)
-    results = await _run_rows(runtime, np.concatenate([whole, rows]), timing)
-    output = np.concatenate([r.outputs[0] for r in results])
-    per_view = replace(options, max_detections=_PER_VIEW)
-    views = await in_thread(
-        timing,
-        "postprocess",
-        det.postprocess,
-        output,
-        whole_geometry + geometries,
-        per_view,
-        layout,
-        card.labels,
-    )
-    size = (decoded.height, decoded.width)
-    found = await in_thread(timing, "merge", merge_views, views, tiles, size, options)
-    return TiledResult(found, decoded, _report(tiling, tiles))
+    async def views(decoded: DecodedImage, tiles: list[Tile]) -> list[Detections]:
+        whole, whole_geometry = await in_thread(
+            timing, "preprocess", det.preprocess, [decoded], card
+        )
 
+        def prepare_tiles() -> tuple[np.ndarray, list[Geometry]]:
+            return det.preprocess(_tile_images(decoded, tiles), card)
 
-# --- segment ------------------------------------------------------------------------------
+        rows, geometries = await in_thread(timing, "tile_preprocess", prepare_tiles)
+        results = await _run_rows(runtime, np.concatenate([whole, rows]), timing)
+        output = np.concatenate([r.outputs[0] for r in results])
+        per_view = replace(options, max_detections=_PER_VIEW)
+        return await in_thread(
+            timing,
+            "postprocess",
+            det.postprocess,
+            output,
+            whole_geometry + geometries,
+            per_view,
+            layout,
+            card.labels,
+        )
+
+    return await _run_tiled(runtime, image, options, tiling, timing, whole_only, views)
 
 
 async def segment_tiled(
@@ -213,30 +234,32 @@ async def segment_tiled(
     tiling: TilingOptions,
     timing: Timing,
 ) -> TiledResult:
-    """Instances in one photo, from its whole view and (per `tiling`) its tiles."""
-    decoded = await _decode(image, timing)
-    tiles = plan(decoded.width, decoded.height, tiling, input_side(runtime))
-    if not tiles:
-        plain = await seg.segment(runtime, decoded, options, mask_format, timing)
-        return TiledResult(plain.instances, decoded, _report(tiling, []), plain.encoded)
+    """Instances in one photo, from its whole view and (per `tiling`) its tiles, each view
+    its own run; their masks encoded in `mask_format`."""
     resize = seg.GraphResize.of(runtime.card)
-    whole = await in_thread(timing, "preprocess", seg.preprocess, decoded, resize)
 
-    def prepare_tiles() -> list[tuple[np.ndarray, Geometry]]:
-        return [seg.preprocess(t, resize) for t in _tile_images(decoded, tiles)]
+    async def whole_only(decoded: DecodedImage) -> Detections:
+        return await seg.find_instances(runtime, decoded, options, timing)
 
-    parts = [whole, *await in_thread(timing, "tile_preprocess", prepare_tiles)]
-    results = await asyncio.gather(*(runtime.infer(t, timing) for t, _ in parts))
-    per_view = replace(options, max_detections=_PER_VIEW)
+    async def views(decoded: DecodedImage, tiles: list[Tile]) -> list[Detections]:
+        whole = await in_thread(timing, "preprocess", seg.preprocess, decoded, resize)
 
-    def finish_views() -> list[Detections]:
-        return [
-            seg.postprocess(r.outputs, g, per_view, runtime.card.labels)
-            for r, (_, g) in zip(results, parts, strict=True)
-        ]
+        def prepare_tiles() -> list[tuple[np.ndarray, Geometry]]:
+            return [seg.preprocess(t, resize) for t in _tile_images(decoded, tiles)]
 
-    views = await in_thread(timing, "postprocess", finish_views)
-    size = (decoded.height, decoded.width)
-    found = await in_thread(timing, "merge", merge_views, views, tiles, size, options)
-    encoded = await in_thread(timing, "encode", seg.encode_masks, found.masks or [], mask_format)
-    return TiledResult(found, decoded, _report(tiling, tiles), encoded)
+        parts = [whole, *await in_thread(timing, "tile_preprocess", prepare_tiles)]
+        results = await asyncio.gather(*(runtime.infer(t, timing) for t, _ in parts))
+        per_view = replace(options, max_detections=_PER_VIEW)
+
+        def finish_views() -> list[Detections]:
+            return [
+                seg.postprocess(r.outputs, g, per_view, runtime.card.labels)
+                for r, (_, g) in zip(results, parts, strict=True)
+            ]
+
+        return await in_thread(timing, "postprocess", finish_views)
+
+    out = await _run_tiled(runtime, image, options, tiling, timing, whole_only, views)
+    masks = out.found.masks or []
+    encoded = await in_thread(timing, "encode", seg.encode_masks, masks, mask_format)
+    return replace(out, encoded=encoded)

@@ -37,15 +37,7 @@ from service.gallery.schemas import (
 )
 from service.gallery.service import Galleries
 from service.gallery.store import Audit, Gallery
-from service.routes.common import (
-    ImageUpload,
-    RegistryDep,
-    SettingsDep,
-    decode_upload,
-    face_models,
-    face_out,
-    needed_side,
-)
+from service.routes.common import ImageUpload, RegistryDep, SettingsDep, face_out, face_photo
 from service.schemas import ERROR_RESPONSES
 from service.tenancy import Principal, principal_of
 from service.timing import Timing, off_loop
@@ -232,9 +224,13 @@ async def enrol_face(
     """Detect, align and embed the face in a photo and store it for the subject (no photo kept)."""
     timing = Timing()
     found = await _gallery(galleries, principal, gallery)
-    embedder, finder = face_models(registry, found.model_ref, detector)
-    decoded = await decode_upload(image, settings, timing, min_side=needed_side(finder.card))
-    result = await service.enrol(galleries, found, subject, finder, embedder, decoded, all, timing)
+    photo = await face_photo(
+        registry, settings, image, timing, embedder=found.model_ref, detector=detector
+    )
+    embedder = photo.embedder
+    result = await service.enrol(
+        galleries, found, subject, photo.detector, embedder, photo.image, all, timing
+    )
     faces = [
         StoredFace(face_id=face_id, box=face_out(result.faces, i).box,
                    score=face_out(result.faces, i).score, quality=result.qualities[i])
@@ -279,8 +275,10 @@ async def identify(
     """Who is in this photo? Every face against the gallery's subjects."""
     timing = Timing()
     found = await _gallery(galleries, principal, gallery)
-    embedder, finder = face_models(registry, found.model_ref, detector)
-    decoded = await decode_upload(image, settings, timing, min_side=needed_side(finder.card))
+    photo = await face_photo(
+        registry, settings, image, timing, embedder=found.model_ref, detector=detector
+    )
+    embedder, finder, decoded = photo.embedder, photo.detector, photo.image
     result = await service.identify(
         galleries, found, finder, embedder, decoded, top_k, max_faces, timing
     )

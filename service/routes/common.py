@@ -165,7 +165,6 @@ async def face_photo(
     settings: Settings,
     upload: UploadFile,
     timing: Timing,
-    *,
     embedder: str | None,
     detector: str | None,
 ) -> FacePhoto:

@@ -98,7 +98,7 @@ async def embed(
 ) -> FaceEmbedResponse:
     """Every face in one photo with its box, landmarks and L2-normalised embedding."""
     timing = Timing()
-    photo = await face_photo(registry, settings, image, timing, embedder=model, detector=detector)
+    photo = await face_photo(registry, settings, image, timing, model, detector)
     embedder, finder, decoded = photo.embedder, photo.detector, photo.image
     faces = await detect_faces(finder, decoded, timing, score_threshold)
     faces = faces.take(np.arange(min(len(faces), max_faces)))

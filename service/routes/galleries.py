@@ -224,9 +224,7 @@ async def enrol_face(
     """Detect, align and embed the face in a photo and store it for the subject (no photo kept)."""
     timing = Timing()
     found = await _gallery(galleries, principal, gallery)
-    photo = await face_photo(
-        registry, settings, image, timing, embedder=found.model_ref, detector=detector
-    )
+    photo = await face_photo(registry, settings, image, timing, found.model_ref, detector)
     embedder = photo.embedder
     result = await service.enrol(
         galleries, found, subject, photo.detector, embedder, photo.image, all, timing
@@ -268,16 +266,14 @@ async def identify(
     image: ImageUpload,
     galleries: GalleriesDep,
     principal: Reader,
+    detector: DetectorName = None,
     top_k: Annotated[int, Query(ge=1, le=100)] = 5,
     max_faces: Annotated[int, Query(ge=1, le=100)] = 20,
-    detector: DetectorName = None,
 ) -> IdentifyResponse:
     """Who is in this photo? Every face against the gallery's subjects."""
     timing = Timing()
     found = await _gallery(galleries, principal, gallery)
-    photo = await face_photo(
-        registry, settings, image, timing, embedder=found.model_ref, detector=detector
-    )
+    photo = await face_photo(registry, settings, image, timing, found.model_ref, detector)
     embedder, finder, decoded = photo.embedder, photo.detector, photo.image
     result = await service.identify(
         galleries, found, finder, embedder, decoded, top_k, max_faces, timing

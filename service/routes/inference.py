@@ -277,12 +277,15 @@ async def _infer(
     return Response(answer, media_type="application/octet-stream", headers={HEADER: str(head)})
 
 
-@router.post(
-    "/v2/models/{name}/infer",
-    response_model=InferResponse,
-    responses=_INFER_RESPONSES,
-    openapi_extra=_INFER_DOC,
-)
+# The infer routes' answer and body, for the OpenAPI document.
+_INFER_ROUTE: dict[str, Any] = {
+    "response_model": InferResponse,
+    "responses": _INFER_RESPONSES,
+    "openapi_extra": _INFER_DOC,
+}
+
+
+@router.post("/v2/models/{name}/infer", **_INFER_ROUTE)
 async def model_infer_latest(
     request: Request, registry: RegistryDep, settings: SettingsDep, name: ModelPath
 ) -> Response:
@@ -291,12 +294,7 @@ async def model_infer_latest(
     return await _infer(request, registry, settings, name, None)
 
 
-@router.post(
-    "/v2/models/{name}/versions/{version}/infer",
-    response_model=InferResponse,
-    responses=_INFER_RESPONSES,
-    openapi_extra=_INFER_DOC,
-)
+@router.post("/v2/models/{name}/versions/{version}/infer", **_INFER_ROUTE)
 async def model_infer_version(
     request: Request,
     registry: RegistryDep,

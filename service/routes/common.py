@@ -12,6 +12,7 @@ from fastapi import Depends, File, Path, Query, Request, UploadFile
 from service.cards import ModelCard
 from service.detections import Detections
 from service.errors import ModelControlDisabled
+from service.gallery.service import Galleries
 from service.images import DecodedImage, EncodedImage, decode
 from service.repository import NAME, ModelRegistry, ModelRepository
 from service.runtime import ModelRuntime
@@ -96,6 +97,11 @@ async def get_repository(request: Request) -> ModelRepository:
     return repository
 
 
+async def get_galleries(request: Request) -> Galleries:
+    galleries: Galleries = request.app.state.galleries
+    return galleries
+
+
 @dataclass(frozen=True)
 class DetectQuery:
     """The query parameters /detect and /segment share."""
@@ -133,6 +139,7 @@ async def detect_query(
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
+GalleriesDep = Annotated[Galleries, Depends(get_galleries)]
 DetectQueryDep = Annotated[DetectQuery, Depends(detect_query)]
 
 

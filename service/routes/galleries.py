@@ -37,7 +37,14 @@ from service.gallery.schemas import (
 )
 from service.gallery.service import Galleries
 from service.gallery.store import Audit, Gallery
-from service.routes.common import ImageUpload, RegistryDep, SettingsDep, face_out, face_photo
+from service.routes.common import (
+    GalleriesDep,
+    ImageUpload,
+    RegistryDep,
+    SettingsDep,
+    face_out,
+    face_photo,
+)
 from service.schemas import ERROR_RESPONSES
 from service.tenancy import Principal, principal_of
 from service.timing import Timing, off_loop
@@ -52,11 +59,6 @@ DetectorName = Annotated[
 ]
 
 
-async def get_galleries(request: Request) -> Galleries:
-    galleries: Galleries = request.app.state.galleries
-    return galleries
-
-
 def writable(request: Request) -> Principal:
     principal = principal_of(request)
     if principal.read_only:
@@ -67,7 +69,6 @@ def writable(request: Request) -> Principal:
     return principal
 
 
-GalleriesDep = Annotated[Galleries, Depends(get_galleries)]
 Reader = Annotated[Principal, Depends(principal_of)]
 Writer = Annotated[Principal, Depends(writable)]
 

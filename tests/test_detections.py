@@ -80,24 +80,19 @@ TILE = Tile(40, 0, 100, 60, (True, False, False, True))
 def whole_and_piece(with_masks: bool) -> list[Detections]:
     """The whole view sees an object at x 10..60, y 10..50; the tile sees its right part,
     cut by the tile's left side, at x 0..20 (tile pixels) = 40..60 in the photo."""
-    size = (100, 100)
-    whole_mask = BoxMask(np.ones((40, 30), bool), 10, 10, size)  # x 10..40 only
-    piece_mask = BoxMask(np.ones((40, 20), bool), 10, 0, (60, 60))  # tile pixels, x 0..20
+
+    def one(box: list[float], score: float, mask: BoxMask) -> Detections:
+        return Detections(
+            np.array([box], np.float32),
+            np.array([3], np.int64),
+            np.array([score], np.float32),
+            [mask] if with_masks else None,
+            class_names=("a", "b", "c", "d"),
+        )
+
     return [
-        Detections(
-            np.array([[10, 10, 60, 50]], np.float32),
-            np.array([3], np.int64),
-            np.array([0.9], np.float32),
-            [whole_mask] if with_masks else None,
-            class_names=("a", "b", "c", "d"),
-        ),
-        Detections(
-            np.array([[0, 10, 20, 50]], np.float32),
-            np.array([3], np.int64),
-            np.array([0.8], np.float32),
-            [piece_mask] if with_masks else None,
-            class_names=("a", "b", "c", "d"),
-        ),
+        one([10, 10, 60, 50], 0.9, BoxMask(np.ones((40, 30), bool), 10, 10, (100, 100))),
+        one([0, 10, 20, 50], 0.8, BoxMask(np.ones((40, 20), bool), 10, 0, (60, 60))),
     ]
 
 

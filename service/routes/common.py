@@ -1,5 +1,7 @@
-"""What the routes share: the registry, settings and repository as dependencies, the query
-parameters several routes take, reading and decoding an upload, encoding a face."""
+"""What the routes share: the app's registry, settings, model repository and face galleries
+as dependencies (RegistryDep, SettingsDep, RepositoryDep, GalleriesDep), the query parameters
+several routes take (DetectQueryDep for /detect and /segment), reading and decoding an upload,
+and the pieces of the detect and face answers."""
 
 from __future__ import annotations
 
@@ -132,6 +134,7 @@ async def detect_query(
     tile_overlap: TileOverlap = 0.25,
     max_tiles: MaxTiles = 16,
 ) -> DetectQuery:
+    """The DetectQueryDep dependency: its parameters are /detect's and /segment's query."""
     tiles = TilingOptions(tiling, tile_size, tile_overlap, max_tiles)
     return DetectQuery(score_threshold, iou_threshold, max_detections, classes, tiles)
 

@@ -14,7 +14,6 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.errors import install_error_handlers
-from service.gallery.routes import router as gallery_router
 from service.gallery.service import Galleries
 from service.logging_config import RequestLogContext
 from service.metrics import Metrics, MetricsMiddleware
@@ -25,16 +24,24 @@ from service.middleware import (
     RequestIdMiddleware,
 )
 from service.repository import ModelRegistry, ModelRepository
-from service.routes import classify, health, inference
-from service.routes import repository as repository_routes
-from service.routes.detect import router as detect_router
+from service.routes import (
+    classify,
+    detect,
+    faces,
+    galleries,
+    health,
+    inference,
+    playground,
+    repository,
+    segment,
+)
 from service.routes.docs import install_docs
-from service.routes.faces import router as faces_router
-from service.routes.playground import router as playground_router
-from service.routes.segment import router as segment_router
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("service")
+
+# Every router the app serves, in the order the OpenAPI document lists them.
+ROUTES = (health, classify, detect, faces, galleries, segment, playground, repository, inference)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,21 +50,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry()
-        repository = ModelRepository(registry, settings, app.state.metrics)
+        model_repository = ModelRepository(registry, settings, app.state.metrics)
         app.state.registry = registry
-        app.state.repository = repository
+        app.state.repository = model_repository
         # the face-gallery database: migrated to head, every gallery's index built
-        app.state.galleries = galleries = await Galleries.open(settings)
-        await galleries.warm()
-        loader = asyncio.create_task(repository.start())
+        app.state.galleries = face_galleries = await Galleries.open(settings)
+        await face_galleries.warm()
+        loader = asyncio.create_task(model_repository.start())
         if not settings.background_load:
             await loader
         try:
             yield
         finally:
             loader.cancel()
-            await repository.stop()
-            galleries.close()
+            await model_repository.stop()
+            face_galleries.close()
 
     app = FastAPI(
         title="Image inference service",
@@ -96,13 +103,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLogContext)  # inside RequestIdMiddleware: logs carry its id
     app.add_middleware(RequestIdMiddleware)
     install_docs(app)
-    app.include_router(health.router)
-    app.include_router(classify.router)
-    app.include_router(detect_router)
-    app.include_router(faces_router)
-    app.include_router(gallery_router)
-    app.include_router(segment_router)
-    app.include_router(playground_router)
-    app.include_router(repository_routes.router)
-    app.include_router(inference.router)
+    for routes in ROUTES:
+        app.include_router(routes.router)
     return app

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -197,38 +197,41 @@ class ModelCard(BaseModel):
     export: dict[str, Any] = Field(default_factory=dict)
 
 
-class ClassifyCard(ModelCard):
-    task: Literal["classify"]
-    postprocess: ClassifyPostprocess = Field(default_factory=ClassifyPostprocess)
+class _LabelledCard(ModelCard):
+    """The card of a model whose outputs are classes: it names them."""
+
+    labels_rule: ClassVar[str] = "one per class"
 
     @model_validator(mode="after")
-    def _labels(self) -> ClassifyCard:
+    def _labels(self) -> _LabelledCard:
         if not self.labels:
-            raise ValueError("classify cards need labels (one per output class)")
+            raise ValueError(f"{self.task} cards need labels ({self.labels_rule})")
         return self
 
 
-class DetectCard(ModelCard):
+class ClassifyCard(_LabelledCard):
+    labels_rule: ClassVar[str] = "one per output class"
+    task: Literal["classify"]
+    postprocess: ClassifyPostprocess = Field(default_factory=ClassifyPostprocess)
+
+
+class DetectCard(_LabelledCard):
     task: Literal["detect"]
     postprocess: DetectPostprocess = Field(default_factory=DetectPostprocess)
 
     @model_validator(mode="after")
-    def _labels(self) -> DetectCard:
-        if not self.labels:
-            raise ValueError("detect cards need labels (one per class)")
+    def _input(self) -> DetectCard:
         if self.preprocess.resize == "none-in-graph":
             raise ValueError("detect models are fed at preprocess.size; none-in-graph is not one")
         return self
 
 
-class SegmentCard(ModelCard):
+class SegmentCard(_LabelledCard):
     task: Literal["segment"]
     postprocess: SegmentPostprocess
 
     @model_validator(mode="after")
-    def _labels(self) -> SegmentCard:
-        if not self.labels:
-            raise ValueError("segment cards need labels (one per class)")
+    def _outputs(self) -> SegmentCard:
         if len(self.outputs) != 4:
             raise ValueError("segment cards need 4 outputs: boxes, labels, scores, mask_probs")
         return self

@@ -87,11 +87,6 @@ class ModelControlDisabled(ServiceError):
     code = "model_control_disabled"
 
 
-class Forbidden(ServiceError):
-    status_code = 403
-    code = "forbidden"
-
-
 class Overloaded(ServiceError):
     status_code = 429
     code = "overloaded"

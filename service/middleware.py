@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.asgi import HttpMiddleware
 from service.errors import error_body
 from service.metrics import metrics_of
 from service.runtime import ModelRuntime, request_leases
@@ -27,16 +28,10 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-class RequestIdMiddleware:
+class RequestIdMiddleware(HttpMiddleware):
     """Gives every request an id (the client's X-Request-ID if sane) for logs and error bodies."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = dict(scope.get("headers", ())).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
@@ -54,7 +49,7 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body is larger than the {limit}-byte upload limit")
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """Refuse bodies over `max_bytes`: at once from Content-Length, else while counting the
     stream, so a 5 GB upload is never read into memory or spooled to disk.
 
@@ -62,13 +57,10 @@ class BodyLimitMiddleware:
     HTTPExceptions met while parsing a body), which answer in the one error shape."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._reject(scope, send)
@@ -242,18 +234,12 @@ class ApiKeyMiddleware:
 _CHALLENGE = (b"www-authenticate", b'Bearer realm="image-inference-service"')
 
 
-class LeaseMiddleware:
+class LeaseMiddleware(HttpMiddleware):
     """Gives each request a list in which ModelRegistry.get records the model runtimes it
     uses, and releases them once the response is sent: a replaced model version is closed only
     after the last request holding it has finished."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         held: list[ModelRuntime] = []
         token = request_leases.set(held)
         try:

@@ -24,11 +24,12 @@ import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
 
+from service.detections import Detections, label_of
 from service.errors import InvalidParameter, InvalidRequest, PayloadTooLarge, ServiceError
 from service.images import DecodedImage, EncodedImage, decode
 from service.oip import InputTensor, OutputTensor
@@ -38,7 +39,7 @@ from service.runtime import ModelRuntime
 from service.tasks import segment as seg
 from service.tasks.classify import Predictions, classify
 from service.tasks.detect import DetectOptions, detect
-from service.tasks.faces import Faces, detect_faces, embed_faces, largest
+from service.tasks.faces import detect_faces, embed_faces, landmarks_of, largest
 from service.timing import Timing, in_thread
 
 IMAGE_INPUT = "image"
@@ -187,22 +188,20 @@ def _tensors(*items: tuple[str, str, np.ndarray]) -> dict[str, OutputTensor]:
 
 def _labels(ids: np.ndarray, labels: Sequence[str]) -> np.ndarray:
     out = np.empty(ids.shape, dtype=object)
-    out.reshape(-1)[:] = [labels[i] if 0 <= i < len(labels) else str(i) for i in ids.reshape(-1)]
+    out.reshape(-1)[:] = [label_of(labels, int(i)) for i in ids.reshape(-1)]
     return out
 
 
-def _detections(
-    boxes: list[np.ndarray], ids: list[np.ndarray], scores: list[np.ndarray], labels: list[str]
-) -> dict[str, OutputTensor]:
-    class_ids = _pad(ids, (), np.int64, -1)
+def _detections(found: Sequence[Detections], labels: Sequence[str]) -> dict[str, OutputTensor]:
+    class_ids = _pad([f.class_id for f in found], (), np.int64, -1)
     names = _labels(class_ids, labels)
     names[class_ids < 0] = ""
     return _tensors(
-        ("boxes", "FP32", _pad(boxes, (4,), np.float32, 0.0)),
-        ("scores", "FP32", _pad(scores, (), np.float32, 0.0)),
+        ("boxes", "FP32", _pad([f.xyxy for f in found], (4,), np.float32, 0.0)),
+        ("scores", "FP32", _pad([f.score for f in found], (), np.float32, 0.0)),
         ("class_ids", "INT64", class_ids),
         ("labels", "BYTES", names),
-        ("counts", "INT64", np.array([len(s) for s in scores], dtype=np.int64)),
+        ("counts", "INT64", np.array([len(f) for f in found], dtype=np.int64)),
     )
 
 
@@ -232,7 +231,7 @@ async def _classify(
     async def one(data: bytes) -> Predictions:
         # decoded in the thread that preprocesses it (one hop; see service.tasks.pipeline)
         image = EncodedImage(data, ctx.max_pixels, side)
-        return (await classify(runtime, image, top_k, ctx.timing)).predictions
+        return (await classify(runtime, image, top_k, ctx.timing)).answer
 
     found = await _each(images, runtime.max_batch, one)
     ids = np.stack([p.class_id for p in found]).astype(np.int64)
@@ -254,20 +253,14 @@ async def _detect(
     )
     side = needed_side(runtime.card)
 
-    async def one(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    async def one(data: bytes) -> Detections:
         if runtime.card.task == "segment":
             return await _segment(runtime, data, options, ctx)
         image = EncodedImage(data, ctx.max_pixels, side)
-        found = (await detect(runtime, image, options, ctx.timing)).detections
-        return found.xyxy, found.class_id, found.score
+        return (await detect(runtime, image, options, ctx.timing)).answer
 
     results = await _each(images, runtime.max_batch, one)
-    return _detections(
-        [r[0] for r in results],
-        [r[1] for r in results],
-        [r[2] for r in results],
-        runtime.card.labels,
-    )
+    return _detections(results, runtime.card.labels)
 
 
 async def _faces(
@@ -275,34 +268,28 @@ async def _faces(
 ) -> dict[str, OutputTensor]:
     read = _decoder(ctx, needed_side(runtime.card))
 
-    async def one(data: bytes) -> Faces:
+    async def one(data: bytes) -> Detections:
         return await detect_faces(runtime, await read(data), ctx.timing, threshold)
 
     faces = await _each(images, runtime.max_batch, one)
     return _tensors(
         ("boxes", "FP32", _pad([f.xyxy for f in faces], (4,), np.float32, 0.0)),
         ("scores", "FP32", _pad([f.score for f in faces], (), np.float32, 0.0)),
-        ("landmarks", "FP32", _pad([f.landmarks for f in faces], (5, 2), np.float32, 0.0)),
+        ("landmarks", "FP32", _pad([landmarks_of(f) for f in faces], (5, 2), np.float32, 0.0)),
         ("counts", "INT64", np.array([len(f) for f in faces], dtype=np.int64)),
     )
 
 
 async def _segment(
     runtime: ModelRuntime, data: bytes, options: DetectOptions, ctx: ImageRequest
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    resize = seg.GraphResize.of(runtime.card)
-    image = await _decoder(ctx, resize.min_size)(data)
-    tensor, geometry = await in_thread(ctx.timing, "preprocess", seg.preprocess, image, resize)
-    result = await runtime.infer(tensor, ctx.timing)
+) -> Detections:
+    image = await _decoder(ctx, seg.GraphResize.of(runtime.card).min_size)(data)
     seg_options = seg.SegmentOptions(
         score_threshold=options.score_threshold,
         iou_threshold=options.iou_threshold,
         max_detections=options.max_detections,
     )
-    found = await in_thread(
-        ctx.timing, "postprocess", seg.postprocess, result.outputs, geometry, seg_options
-    )
-    return found.xyxy, found.class_id, found.score
+    return await seg.find_instances(runtime, image, seg_options, ctx.timing)
 
 
 async def _embed(
@@ -314,30 +301,31 @@ async def _embed(
     detector = ctx.registry.get("face-detect", name)
     read = _decoder(ctx, needed_side(detector.card))
 
-    async def one(data: bytes) -> tuple[np.ndarray | None, Faces, int]:
+    async def one(data: bytes) -> tuple[Detections, int]:
+        """-> the largest face with its embedding (none: no face), and the faces found."""
         image = await read(data)
         faces = await detect_faces(detector, image, ctx.timing, threshold)
         if not len(faces):
-            return None, Faces.empty(), 0
+            return Detections.empty(), 0
         chosen = faces.take([largest(faces)])
         vectors = await embed_faces(runtime, [image], [chosen], ctx.timing)
-        return vectors[0], chosen, len(faces)
+        return replace(chosen, embeddings=vectors), len(faces)
 
     found = await _each(images, max(detector.max_batch, runtime.max_batch), one)
-    dims = [len(v) for v, _, _ in found if v is not None]
+    dims = [f.embeddings.shape[1] for f, _ in found if f.embeddings is not None]
     last = runtime.card.outputs[0].shape[-1]
     dim = dims[0] if dims else (last if isinstance(last, int) and last > 0 else 0)
     embeddings = np.zeros((len(found), dim), dtype=np.float32)
     boxes = np.zeros((len(found), 4), dtype=np.float32)
     scores = np.zeros(len(found), dtype=np.float32)
-    for i, (vector, face, _) in enumerate(found):
-        if vector is not None:
-            embeddings[i], boxes[i], scores[i] = vector, face.xyxy[0], face.score[0]
+    for i, (face, _) in enumerate(found):
+        if face.embeddings is not None:
+            embeddings[i], boxes[i], scores[i] = face.embeddings[0], face.xyxy[0], face.score[0]
     return _tensors(
         ("embeddings", "FP32", embeddings),
         ("boxes", "FP32", boxes),
         ("scores", "FP32", scores),
-        ("counts", "INT64", np.array([n for _, _, n in found], dtype=np.int64)),
+        ("counts", "INT64", np.array([n for _, n in found], dtype=np.int64)),
     )
 
 

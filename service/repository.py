@@ -341,7 +341,8 @@ class ModelRepository:
             self.registry.loading = False
         if not found:
             log.warning(
-                "no models found in %s: build them with python -m scripts build-models", self.models_dir
+                "no models found in %s: build them with python -m scripts build-models",
+                self.models_dir,
             )
         if self.settings.model_control == "poll":
             self._poller = asyncio.create_task(self._poll_loop(), name="model-poll")
@@ -510,11 +511,6 @@ class ModelRepository:
         await runtime.retire(self.settings.request_timeout_s)
         del runtime  # the last reference: the session's memory is free once collected
         await anyio.to_thread.run_sync(give_back)
-
-    async def drain(self) -> None:
-        """Wait until every retired runtime has closed (tests and the memory benchmark)."""
-        while self._retiring:
-            await asyncio.gather(*list(self._retiring), return_exceptions=True)
 
     def _publish(self, name: str) -> None:
         self.registry.refresh_defaults()

@@ -20,8 +20,8 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-# The default model set (python -m scripts build-models): a user's own model never silently takes over
-# a task's default just because its name sorts first.
+# The default model set (python -m scripts build-models): a user's own model never silently
+# takes over a task's default just because its name sorts first.
 BUILT_IN_DEFAULTS = (
     "mobilenet_v2-imagenet",
     "yolov3-tiny-coco",

@@ -26,7 +26,6 @@ from service.preprocess import Geometry
 from service.tasks.faces import (
     ARCFACE_TEMPLATE,
     EmbedderSettings,
-    Faces,
     align,
     check_threshold,
     cosine_similarity,
@@ -41,6 +40,9 @@ from service.tasks.faces import (
     suppress,
     to_original,
     verdict,
+)
+from service.tasks.faces import (
+    face_detections as Faces,
 )
 
 

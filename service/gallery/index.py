@@ -157,7 +157,6 @@ class Indexes:
         self.store = store
         self.by_id: dict[int, GalleryIndex] = {}
         self._locks: dict[int, asyncio.Lock] = {}
-        self.rebuilds = 0
 
     async def current(self, gallery: Gallery) -> GalleryIndex:
         """The index holding at least every change up to gallery.revision."""
@@ -171,7 +170,6 @@ class Indexes:
                 return index
             index = GalleryIndex(await off_loop(self.store.snapshot, gallery))
             self.by_id[gallery.id] = index
-            self.rebuilds += 1
             return index
 
     def apply(self, gallery_id: int, revision: int, change: Callable[[GalleryIndex], None]) -> None:

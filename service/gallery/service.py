@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from service.detections import Detections
 from service.errors import NoFaceFound
 from service.gallery import calibrate as cal
 from service.gallery.db import database_url, make_engine, migrate
@@ -24,7 +25,6 @@ from service.settings import Settings
 from service.tasks.faces import (
     DetectorSettings,
     EmbedderSettings,
-    Faces,
     detect_faces,
     embed_faces,
     largest,
@@ -59,7 +59,7 @@ class Galleries:
         self.store.engine.dispose()
 
 
-def quality(faces: Faces, i: int, embed_size: tuple[int, int]) -> float:
+def quality(faces: Detections, i: int, embed_size: tuple[int, int]) -> float:
     """A 0..1 face-quality figure: the detector's score, discounted when the face's short side
     is smaller than the embedder's input (the crop was upsampled, detail is missing)."""
     w, h = faces.xyxy[i, 2:] - faces.xyxy[i, :2]
@@ -69,7 +69,7 @@ def quality(faces: Faces, i: int, embed_size: tuple[int, int]) -> float:
 @dataclass(frozen=True)
 class Enrolled:
     ids: list[int]
-    faces: Faces
+    faces: Detections
     qualities: list[float]
     found: int
 
@@ -117,7 +117,7 @@ async def enrol(
 
 @dataclass(frozen=True)
 class Identified:
-    faces: Faces
+    faces: Detections
     matches: list[list[Match]]
     threshold: float
     threshold_source: str

@@ -211,17 +211,13 @@ class Store:
         created = now()
         try:
             with self.writer.begin() as conn:
-                subject_id = conn.execute(
-                    sa.insert(subjects)
-                    .values(gallery_id=gallery.id, name=name, metadata=metadata, created_at=created)
-                    .returning(subjects.c.id)
-                ).scalar_one()
+                subject_id = _insert_subject(conn, gallery, name, metadata, created)
         except IntegrityError:
             raise SubjectExists(
                 f"subject {name!r} already exists in gallery {gallery.name!r}; enrol more faces "
                 f"with POST .../subjects/{name}/faces"
             ) from None
-        return Subject(int(subject_id), name, metadata, created)
+        return Subject(subject_id, name, metadata, created)
 
     def list_subjects(
         self, gallery_id: int, limit: int, after: str | None
@@ -363,11 +359,7 @@ class Store:
                     sa.update(galleries).where(galleries.c.id == gallery.id).values(dim=dims.pop())
                 )
             for name, metadata, new in people:
-                subject_id = conn.execute(
-                    sa.insert(subjects)
-                    .values(gallery_id=gallery.id, name=name, metadata=metadata, created_at=created)
-                    .returning(subjects.c.id)
-                ).scalar_one()
+                subject_id = _insert_subject(conn, gallery, name, metadata, created)
                 if new:
                     conn.execute(
                         sa.insert(faces),
@@ -500,3 +492,15 @@ class Store:
         with self.engine.connect() as conn:
             for r in conn.execute(query):
                 yield r.name, r.box, r.score, r.quality, r.embedding
+
+
+def _insert_subject(
+    conn: Connection, gallery: Gallery, name: str, metadata: dict[str, Any], created: dt.datetime
+) -> int:
+    """-> the new subject's id (IntegrityError when the gallery has one of that name)."""
+    subject_id = conn.execute(
+        sa.insert(subjects)
+        .values(gallery_id=gallery.id, name=name, metadata=metadata, created_at=created)
+        .returning(subjects.c.id)
+    ).scalar_one()
+    return int(subject_id)

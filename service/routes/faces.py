@@ -4,20 +4,26 @@ import asyncio
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, File, Query, UploadFile
 
 from service.preprocess import needed_side
-from service.routes.common import app_settings, decode_upload, get_registry
+from service.routes.common import (
+    RegistryDep,
+    SettingsDep,
+    decode_upload,
+    face_models,
+    face_out,
+    face_photo,
+)
 from service.schemas import (
     ERROR_RESPONSES,
-    DetectedFace,
     EmbeddedFace,
     FaceEmbedResponse,
     FacePair,
     ImageInfo,
     VerifyFacesResponse,
 )
-from service.tasks.faces import Faces, detect_faces, embed_faces, verify
+from service.tasks.faces import detect_faces, embed_faces, verify
 from service.timing import Timing
 
 router = APIRouter(tags=["faces"])
@@ -30,14 +36,6 @@ DetectorName = Annotated[
 ]
 
 
-def _face(faces: Faces, i: int) -> DetectedFace:
-    return DetectedFace(
-        box=[round(float(v), 2) for v in faces.xyxy[i]],
-        score=round(float(faces.score[i]), 4),
-        landmarks=[[round(float(x), 2), round(float(y), 2)] for x, y in faces.landmarks[i]],
-    )
-
-
 @router.post(
     "/verify-faces",
     response_model=VerifyFacesResponse,
@@ -47,7 +45,8 @@ def _face(faces: Faces, i: int) -> DetectedFace:
     },
 )
 async def verify_faces(
-    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
     image_a: Annotated[UploadFile, File(description="First photo.")],
     image_b: Annotated[UploadFile, File(description="Second photo.")],
     threshold: Annotated[
@@ -59,10 +58,7 @@ async def verify_faces(
 ) -> VerifyFacesResponse:
     """Do the largest faces of two photos belong to the same person?"""
     timing = Timing()
-    registry = get_registry(request)
-    embedder = registry.get("face-embed", model)
-    finder = registry.get("face-detect", detector)
-    settings = app_settings(request)
+    embedder, finder = face_models(registry, model, detector)
     side = needed_side(finder.card)
     decoded = await asyncio.gather(
         decode_upload(image_a, settings, timing, min_side=side),
@@ -78,7 +74,7 @@ async def verify_faces(
         metric=result.metric,
         model=embedder.name,
         detector=finder.name,
-        faces=FacePair(a=_face(result.faces[0], 0), b=_face(result.faces[1], 0)),
+        faces=FacePair(a=face_out(result.faces[0], 0), b=face_out(result.faces[1], 0)),
         faces_found={"a": result.found[0], "b": result.found[1]},
         images={
             "a": ImageInfo(width=a.width, height=a.height),
@@ -90,7 +86,8 @@ async def verify_faces(
 
 @router.post("/faces/embed", response_model=FaceEmbedResponse, responses=ERROR_RESPONSES)
 async def embed(
-    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
     image: Annotated[UploadFile, File(description="A photo; every face in it is embedded.")],
     score_threshold: Annotated[
         float | None, Query(ge=0.0, le=1.0, description="Detector score; default from its card.")
@@ -101,12 +98,8 @@ async def embed(
 ) -> FaceEmbedResponse:
     """Every face in one photo with its box, landmarks and L2-normalised embedding."""
     timing = Timing()
-    registry = get_registry(request)
-    embedder = registry.get("face-embed", model)
-    finder = registry.get("face-detect", detector)
-    decoded = await decode_upload(
-        image, app_settings(request), timing, min_side=needed_side(finder.card)
-    )
+    photo = await face_photo(registry, settings, image, timing, model, detector)
+    embedder, finder, decoded = photo.embedder, photo.detector, photo.image
     faces = await detect_faces(finder, decoded, timing, score_threshold)
     faces = faces.take(np.arange(min(len(faces), max_faces)))
     vectors = (
@@ -120,7 +113,8 @@ async def embed(
         detector=finder.name,
         faces=[
             EmbeddedFace(
-                **_face(faces, i).model_dump(), embedding=[round(float(v), 6) for v in vectors[i]]
+                **face_out(faces, i).model_dump(),
+                embedding=[round(float(v), 6) for v in vectors[i]],
             )
             for i in range(len(faces))
         ],

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.routes.common import app_settings, get_registry
+from service.routes.common import RegistryDep, SettingsDep
 from service.schemas import HealthResponse, ModelsResponse, ModelVersionState, ReadyResponse
 
 router = APIRouter(tags=["service"])
@@ -18,9 +18,8 @@ async def healthz() -> HealthResponse:
 
 
 @router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(registry: RegistryDep) -> JSONResponse:
     """200 once every default model is loaded and warmed up, 503 before (or if one failed)."""
-    registry = get_registry(request)
     body = ReadyResponse(
         status="ready" if registry.ready else ("loading" if registry.loading else "degraded"),
         models={
@@ -36,11 +35,9 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/v1/models", response_model=ModelsResponse)
-async def list_models(request: Request) -> ModelsResponse:
+async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelsResponse:
     """Every model card, the providers really active, batching and thread settings; every
     version's state (loading, ready, unloading, failed with the reason)."""
-    registry = get_registry(request)
-    settings = app_settings(request)
     entries = registry.index()
     return ModelsResponse(
         defaults=registry.defaults,

@@ -16,14 +16,14 @@ from service.errors import ModelNotFound, UnsupportedMediaType, error_body, requ
 from service.oip import encode_response, header_length, parse_request
 from service.oip_images import ImageRequest
 from service.oip_infer import infer, model_metadata
-from service.repository import NAME, ModelRegistry
-from service.routes.common import app_settings, get_registry
+from service.repository import ModelRegistry
+from service.routes.common import ModelPath, RegistryDep, SettingsDep
 from service.runtime import ModelRuntime
+from service.settings import Settings
 from service.timing import Timing
 
 router = APIRouter(tags=["open inference protocol"])
 
-ModelPath = Annotated[str, Path(max_length=64, pattern=NAME.pattern, description="Model name.")]
 VersionPath = Annotated[int, Path(ge=1, lt=2**31, description="Model version.")]
 EXTENSIONS = ["model_repository", "binary_tensor_data"]
 HEADER = "Inference-Header-Content-Length"
@@ -103,12 +103,8 @@ class InferRequest(BaseModel):
     outputs: list[InferRequestedOutput] | None = None
 
 
-class InferOutputTensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None
+class InferOutputTensor(InferInputTensor):  # the same fields, its own name in the schema
+    pass
 
 
 class InferResponse(BaseModel):
@@ -118,12 +114,15 @@ class InferResponse(BaseModel):
     outputs: list[InferOutputTensor]
 
 
+_ERROR_TEXTS = {
+    400: "A malformed request, tensor or parameter.",
+    404: "No model of that name or version.",
+    413: "Body, tensor or batch over the limits.",
+    429: "Queue full; retry after `Retry-After`.",
+    503: "Not ready; retry after `Retry-After`.",
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": OipError, "description": "A malformed request, tensor or parameter."},
-    404: {"model": OipError, "description": "No model of that name or version."},
-    413: {"model": OipError, "description": "Body, tensor or batch over the limits."},
-    429: {"model": OipError, "description": "Queue full; retry after `Retry-After`."},
-    503: {"model": OipError, "description": "Not ready; retry after `Retry-After`."},
+    code: {"model": OipError, "description": text} for code, text in _ERROR_TEXTS.items()
 }
 
 
@@ -149,9 +148,8 @@ async def server_live() -> LiveResponse:
 @router.get(
     "/v2/health/ready", response_model=ServerReadyResponse, responses={503: {"model": OipError}}
 )
-async def server_ready(request: Request) -> JSONResponse:
+async def server_ready(request: Request, registry: RegistryDep) -> JSONResponse:
     """200 once every default model is loaded and warmed up (as /readyz), else 503."""
-    registry = get_registry(request)
     if registry.ready:
         return JSONResponse({"ready": True})
     why = "models are still loading" if registry.loading else "a default model is not ready"
@@ -167,31 +165,30 @@ async def server_metadata(request: Request) -> ServerMetadata:
     )
 
 
-def _metadata(request: Request, name: str, version: int | None) -> dict[str, Any]:
-    registry = get_registry(request)
+def _metadata(registry: ModelRegistry, name: str, version: int | None) -> dict[str, Any]:
     runtime = resolve(registry, name, version)
     ready = sorted(v for v, e in registry.entries.get(name, {}).items() if e.state == "ready")
     return model_metadata(runtime, ready)
 
 
 @router.get("/v2/models/{name}", response_model=ModelMetadata, responses=ERRORS)
-async def model_metadata_latest(request: Request, name: ModelPath) -> dict[str, Any]:
+async def model_metadata_latest(registry: RegistryDep, name: ModelPath) -> dict[str, Any]:
     """Inputs and outputs (from the model card), datatypes, shapes; both input styles."""
-    return _metadata(request, name, None)
+    return _metadata(registry, name, None)
 
 
 @router.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
 async def model_metadata_version(
-    request: Request, name: ModelPath, version: VersionPath
+    registry: RegistryDep, name: ModelPath, version: VersionPath
 ) -> dict[str, Any]:
     """As /v2/models/{name}, for one version."""
-    return _metadata(request, name, version)
+    return _metadata(registry, name, version)
 
 
 @router.get("/v2/models/{name}/ready", response_model=ModelReadyResponse, responses=ERRORS)
-async def model_ready_latest(request: Request, name: ModelPath) -> ModelReadyResponse:
+async def model_ready_latest(registry: RegistryDep, name: ModelPath) -> ModelReadyResponse:
     """200 when the model serves; 404 unknown, 503 loading, 409 failed to load."""
-    resolve(get_registry(request), name, None)
+    resolve(registry, name, None)
     return ModelReadyResponse(name=name, ready=True)
 
 
@@ -201,10 +198,10 @@ async def model_ready_latest(request: Request, name: ModelPath) -> ModelReadyRes
     responses=ERRORS,
 )
 async def model_ready_version(
-    request: Request, name: ModelPath, version: VersionPath
+    registry: RegistryDep, name: ModelPath, version: VersionPath
 ) -> ModelReadyResponse:
     """As /v2/models/{name}/ready, for one version."""
-    resolve(get_registry(request), name, version)
+    resolve(registry, name, version)
     return ModelReadyResponse(name=name, ready=True)
 
 
@@ -247,13 +244,18 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _infer(request: Request, name: str, version: int | None) -> Response:
-    runtime = resolve(get_registry(request), name, version)
+async def _infer(
+    request: Request,
+    registry: ModelRegistry,
+    settings: Settings,
+    name: str,
+    version: int | None,
+) -> Response:
+    runtime = resolve(registry, name, version)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not accepted; send identity")
     body = await request.body()
-    settings = app_settings(request)
     json_size = header_length(request.headers.get(HEADER), len(body))
     if len(body) > _THREAD_BYTES:
         parsed = await anyio.to_thread.run_sync(
@@ -262,7 +264,7 @@ async def _infer(request: Request, name: str, version: int | None) -> Response:
     else:
         parsed = parse_request(body, json_size, settings.max_upload_bytes)
     timing = Timing()
-    context = ImageRequest(parsed.parameters, get_registry(request), settings.max_pixels, timing)
+    context = ImageRequest(parsed.parameters, registry, settings.max_pixels, timing)
     outputs = await infer(runtime, parsed, context)
     args = (runtime.name, str(runtime.version), parsed.id, outputs, parsed.binary_output)
     if sum(t.data.nbytes for t, _ in outputs) > _THREAD_BYTES:
@@ -275,24 +277,30 @@ async def _infer(request: Request, name: str, version: int | None) -> Response:
     return Response(answer, media_type="application/octet-stream", headers={HEADER: str(head)})
 
 
-@router.post(
-    "/v2/models/{name}/infer",
-    response_model=InferResponse,
-    responses=_INFER_RESPONSES,
-    openapi_extra=_INFER_DOC,
-)
-async def model_infer_latest(request: Request, name: ModelPath) -> Response:
+# The infer routes' answer and body, for the OpenAPI document.
+_INFER_ROUTE: dict[str, Any] = {
+    "response_model": InferResponse,
+    "responses": _INFER_RESPONSES,
+    "openapi_extra": _INFER_DOC,
+}
+
+
+@router.post("/v2/models/{name}/infer", **_INFER_ROUTE)
+async def model_infer_latest(
+    request: Request, registry: RegistryDep, settings: SettingsDep, name: ModelPath
+) -> Response:
     """Inference: the graph's own input tensor (raw outputs), or `image` as BYTES (the task's
     result); JSON or binary tensors both ways."""
-    return await _infer(request, name, None)
+    return await _infer(request, registry, settings, name, None)
 
 
-@router.post(
-    "/v2/models/{name}/versions/{version}/infer",
-    response_model=InferResponse,
-    responses=_INFER_RESPONSES,
-    openapi_extra=_INFER_DOC,
-)
-async def model_infer_version(request: Request, name: ModelPath, version: VersionPath) -> Response:
+@router.post("/v2/models/{name}/versions/{version}/infer", **_INFER_ROUTE)
+async def model_infer_version(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    name: ModelPath,
+    version: VersionPath,
+) -> Response:
     """As /v2/models/{name}/infer, on one version."""
-    return await _infer(request, name, version)
+    return await _infer(request, registry, settings, name, version)

@@ -6,14 +6,15 @@ and the card's JSON Schema. Changing the repository needs an admin key when keys
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 
 from service.cards import json_schema
-from service.errors import InvalidRequest, ModelControlDisabled
-from service.repository import NAME, ModelRepository
+from service.errors import InvalidRequest
+from service.repository import ModelRepository
+from service.routes.common import ModelPath, RepositoryDep
 from service.schemas import (
     ERROR_RESPONSES,
     RepositoryIndexEntry,
@@ -21,15 +22,6 @@ from service.schemas import (
 )
 
 router = APIRouter(tags=["model repository"])
-
-ModelPath = Annotated[str, Path(max_length=64, pattern=NAME.pattern, description="Model name.")]
-
-
-def _repository(request: Request) -> ModelRepository:
-    repository: ModelRepository | None = request.app.state.repository
-    if repository is None:
-        raise ModelControlDisabled("the model repository is not running (server starting)")
-    return repository
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -49,22 +41,29 @@ async def _json_body(request: Request) -> dict[str, Any]:
 @router.post(
     "/v2/repository/index", response_model=list[RepositoryIndexEntry], responses=ERROR_RESPONSES
 )
-async def repository_index(request: Request) -> list[RepositoryIndexEntry]:
+async def repository_index(
+    request: Request, repository: RepositoryDep
+) -> list[RepositoryIndexEntry]:
     """Every model in the repository folder and every loaded version, with its state."""
     body = await _json_body(request)
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         raise InvalidRequest("'ready' must be true or false")
-    rows = await anyio.to_thread.run_sync(_repository(request).index, ready)
+    rows = await anyio.to_thread.run_sync(repository.index, ready)
     return [RepositoryIndexEntry(**row) for row in rows]
 
 
-@router.post(
-    "/v2/repository/models/{name}/load",
-    response_model=RepositoryLoadResponse,
-    responses=ERROR_RESPONSES,
-)
-async def load_model(request: Request, name: ModelPath) -> RepositoryLoadResponse:
+# What load and unload answer: the model's versions and their states.
+_VERSIONS: dict[str, Any] = {
+    "response_model": RepositoryLoadResponse,
+    "responses": ERROR_RESPONSES,
+}
+
+
+@router.post("/v2/repository/models/{name}/load", **_VERSIONS)
+async def load_model(
+    request: Request, repository: RepositoryDep, name: ModelPath
+) -> RepositoryLoadResponse:
     """(Re)load every version of a model: from its folder, or from the files sent with the
     request (Triton's `parameters`: `config` = the card, `file:<path>` = base64 content). The new
     version serves only after it validated, warmed up and passed its checks."""
@@ -72,21 +71,17 @@ async def load_model(request: Request, name: ModelPath) -> RepositoryLoadRespons
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         raise InvalidRequest("'parameters' must be a JSON object")
-    repository = _repository(request)
     await repository.load(name, parameters)
     return _load_answer(repository, name)
 
 
-@router.post(
-    "/v2/repository/models/{name}/unload",
-    response_model=RepositoryLoadResponse,
-    responses=ERROR_RESPONSES,
-)
-async def unload_model(request: Request, name: ModelPath) -> RepositoryLoadResponse:
+@router.post("/v2/repository/models/{name}/unload", **_VERSIONS)
+async def unload_model(
+    request: Request, repository: RepositoryDep, name: ModelPath
+) -> RepositoryLoadResponse:
     """Stop serving every version of a model; requests in flight finish first, then its
     sessions are released. Its folder stays (load it again by name)."""
     await _json_body(request)
-    repository = _repository(request)
     await repository.unload(name)
     return _load_answer(repository, name)
 

@@ -2,21 +2,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
-from service.images import EncodedImage
 from service.routes.common import (
-    ClassFilter,
+    DetectQueryDep,
     ImageUpload,
-    IouThreshold,
-    MaxTiles,
     ModelName,
-    TileOverlap,
-    TileSize,
-    TilingParam,
-    app_settings,
+    RegistryDep,
+    SettingsDep,
     decode_upload,
-    get_registry,
+    detection_fields,
+    read_upload,
 )
 from service.schemas import (
     ERROR_RESPONSES,
@@ -26,16 +22,8 @@ from service.schemas import (
     SegmentResponse,
     TilingInfo,
 )
-from service.tasks.detect import resolve_classes
-from service.tasks.segment import (
-    GraphResize,
-    MaskFormat,
-    SegmentOptions,
-    SegmentResult,
-    segment,
-)
-from service.tasks.tiled import TilingReport, segment_tiled
-from service.tiling import TilingOptions
+from service.tasks.segment import GraphResize, MaskFormat, SegmentOptions, segment
+from service.tasks.tiled import segment_tiled
 from service.timing import Timing
 
 router = APIRouter(tags=["segment"])
@@ -48,16 +36,10 @@ router = APIRouter(tags=["segment"])
     responses=ERROR_RESPONSES,
 )
 async def segment_instances(
-    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
     image: ImageUpload,
-    score_threshold: Annotated[
-        float, Query(ge=0.0, le=1.0, description="Drop instances scoring below this.")
-    ] = 0.25,
-    iou_threshold: IouThreshold = 0.45,
-    max_detections: Annotated[
-        int, Query(ge=1, le=1000, description="Most instances returned, best first.")
-    ] = 100,
-    classes: ClassFilter = None,
+    query: DetectQueryDep,
     mask_threshold: Annotated[
         float,
         Query(gt=0.0, lt=1.0, description="A pixel is in the mask when its probability is above."),
@@ -66,57 +48,37 @@ async def segment_instances(
         MaskFormat,
         Query(description="rle: COCO compressed RLE; polygon: COCO polygons; png: 1-bit PNG."),
     ] = "rle",
-    tiling: TilingParam = "off",
-    tile_size: TileSize = None,
-    tile_overlap: TileOverlap = 0.25,
-    max_tiles: MaxTiles = 16,
     model: ModelName = None,
 ) -> SegmentResponse:
     """Object instances in one image: labelled boxes and masks in original pixels, best first."""
     timing = Timing()
-    runtime = get_registry(request).get("segment", model)
-    labels = runtime.card.labels
-    options = SegmentOptions(
-        score_threshold=score_threshold,
-        iou_threshold=iou_threshold,
-        max_detections=max_detections,
-        classes=resolve_classes(classes, labels) if classes else None,
-        mask_threshold=mask_threshold,
-    )
-    report: TilingReport | None = None
-    if tiling == "off":
-        decoded = await decode_upload(
-            image,
-            app_settings(request),
-            timing,
-            min_side=GraphResize.of(runtime.card).min_size,
-        )
+    runtime = registry.get("segment", model)
+    found_options = query.options(runtime.card.labels)
+    options = SegmentOptions(**vars(found_options), mask_threshold=mask_threshold)
+    tiling_info = None
+    if query.tiling.mode == "off":
+        min_side = GraphResize.of(runtime.card).min_size
+        decoded = await decode_upload(image, settings, timing, min_side=min_side)
         result = await segment(runtime, decoded, options, mask_format, timing)
+        found, encoded = result.instances, result.encoded
     else:
-        upload = EncodedImage(await image.read(), app_settings(request).max_pixels, None)
-        tiles = TilingOptions(tiling, tile_size, tile_overlap, max_tiles)
-        tiled = await segment_tiled(runtime, upload, options, mask_format, tiles, timing)
-        decoded, report = tiled.image, tiled.tiling
-        result = SegmentResult(tiled.instances, tiled.encoded)
-    found = result.instances
-    instances = [
-        SegmentInstance(
-            label=labels[c] if c < len(labels) else str(c),
-            class_id=int(c),
-            score=round(float(s), 5),
-            box=[round(float(v), 2) for v in box],
-            area=mask.area,
-            mask=SegmentMask.model_validate(encoded),
-        )
-        for box, c, s, mask, encoded in zip(
-            found.xyxy, found.class_id, found.score, found.masks, result.encoded, strict=True
-        )
-    ]
+        upload = await read_upload(image, settings, min_side=None)  # tiles need every pixel
+        tiled = await segment_tiled(runtime, upload, options, mask_format, query.tiling, timing)
+        decoded, found, encoded = tiled.image, tiled.found, tiled.encoded or []
+        tiling_info = TilingInfo(**vars(tiled.tiling))
+    masks = found.masks or []
     return SegmentResponse(
         model=runtime.name,
         model_version=runtime.version,
-        instances=instances,
+        instances=[
+            SegmentInstance(
+                **detection_fields(found, i),
+                area=masks[i].area,
+                mask=SegmentMask.model_validate(encoded[i]),
+            )
+            for i in range(len(found))
+        ],
         image=ImageInfo(width=decoded.width, height=decoded.height),
         timing_ms=timing.report(),
-        tiling=TilingInfo(**vars(report)) if report else None,
+        tiling=tiling_info,
     )

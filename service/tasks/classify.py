@@ -17,7 +17,7 @@ from service.cards import ClassifyPostprocess, ModelCard
 from service.images import DecodedImage, EncodedImage
 from service.preprocess import to_batch
 from service.runtime import ModelRuntime
-from service.tasks.pipeline import run_image
+from service.tasks.pipeline import Outcome, run_image
 from service.timing import Timing
 
 Activation = Literal["softmax", "sigmoid", "none"]
@@ -65,16 +65,9 @@ def postprocess(logits: np.ndarray, top_k: int, activation: Activation) -> list[
     return [Predictions(ids[i].astype(np.int64), probs[i, ids[i]]) for i in range(len(ids))]
 
 
-@dataclass(frozen=True)
-class ClassifyResult:
-    predictions: Predictions
-    batch_size: int
-    image: DecodedImage  # the image classified (its original size)
-
-
 async def classify(
     runtime: ModelRuntime, image: DecodedImage | EncodedImage, top_k: int, timing: Timing
-) -> ClassifyResult:
+) -> Outcome[Predictions]:
     """Top-k for one image (decoded here if still encoded; see service.tasks.pipeline)."""
     card, activation = runtime.card, activation_of(runtime.card)
 
@@ -84,5 +77,4 @@ async def classify(
     def finish(outputs: list[np.ndarray], _: None) -> Predictions:
         return postprocess(outputs[0], top_k, activation)[0]
 
-    out = await run_image(runtime, image, timing, prepare, finish)
-    return ClassifyResult(out.answer, out.batch_size, out.image)
+    return await run_image(runtime, image, timing, prepare, finish)

@@ -22,11 +22,12 @@ import numpy as np
 
 from service.boxes import batched_nms
 from service.cards import DetectPostprocess, ModelCard
+from service.detections import Detections
 from service.errors import InvalidParameter
 from service.images import DecodedImage, EncodedImage
 from service.preprocess import Geometry, to_batch
 from service.runtime import ModelRuntime
-from service.tasks.pipeline import run_image
+from service.tasks.pipeline import Outcome, run_image
 from service.timing import Timing
 
 Layout = Literal["yolov5", "yolov8"]
@@ -46,26 +47,6 @@ class DetectOptions:
     iou_threshold: float = 0.45
     max_detections: int = 100
     classes: tuple[int, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Detections:
-    """One image's detections, best first.
-
-    xyxy: (K, 4) float32 original-image pixels; class_id: (K,) int64; score: (K,) float32.
-    """
-
-    xyxy: np.ndarray
-    class_id: np.ndarray
-    score: np.ndarray
-
-    def __post_init__(self) -> None:
-        k = self.score.shape[0]
-        if self.xyxy.shape != (k, 4) or self.class_id.shape != (k,):
-            raise ValueError(
-                f"Detections: expected xyxy (K, 4), class_id (K,), score (K,); got "
-                f"{self.xyxy.shape}, {self.class_id.shape}, {self.score.shape}"
-            )
 
 
 def layout_of(card: ModelCard) -> Layout:
@@ -132,10 +113,14 @@ def _candidates(
 
 
 def postprocess(
-    output: np.ndarray, geometries: Sequence[Geometry], options: DetectOptions, layout: Layout
+    output: np.ndarray,
+    geometries: Sequence[Geometry],
+    options: DetectOptions,
+    layout: Layout,
+    class_names: Sequence[str] = (),
 ) -> list[Detections]:
     """output: (N, A, 5+C) or (N, 4+C, A) per `layout` -> N Detections, boxes in original
-    pixels, at most `options.max_detections` each."""
+    pixels, at most `options.max_detections` each (`class_names`: the card's labels)."""
     if output.ndim != 3 or output.shape[0] != len(geometries):
         raise ValueError(
             f"expected detector output (N={len(geometries)}, ..., ...), got {output.shape}"
@@ -157,15 +142,8 @@ def postprocess(
             keep[visible][: options.max_detections],
             boxes[visible][: options.max_detections],
         )
-        results.append(Detections(boxes, class_id[keep], score[keep]))
+        results.append(Detections(boxes, class_id[keep], score[keep], class_names=class_names))
     return results
-
-
-@dataclass(frozen=True)
-class DetectResult:
-    detections: Detections
-    batch_size: int
-    image: DecodedImage  # the image searched (its original size)
 
 
 async def detect(
@@ -173,7 +151,7 @@ async def detect(
     image: DecodedImage | EncodedImage,
     options: DetectOptions,
     timing: Timing,
-) -> DetectResult:
+) -> Outcome[Detections]:
     """Detections in one image (decoded here if still encoded; see service.tasks.pipeline)."""
     card, layout = runtime.card, layout_of(runtime.card)
 
@@ -181,7 +159,6 @@ async def detect(
         return preprocess([decoded], card)
 
     def finish(outputs: list[np.ndarray], geometries: list[Geometry]) -> Detections:
-        return postprocess(outputs[0], geometries, options, layout)[0]
+        return postprocess(outputs[0], geometries, options, layout, card.labels)[0]
 
-    out = await run_image(runtime, image, timing, prepare, finish, heavy_finish=True)
-    return DetectResult(out.answer, out.batch_size, out.image)
+    return await run_image(runtime, image, timing, prepare, finish, heavy_finish=True)

@@ -18,7 +18,7 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -27,6 +27,7 @@ from iis_client.params import FaceMetric as Metric  # /verify-faces `metric`, as
 from service.boxes import nms
 from service.cards import ARCFACE_TEMPLATE as CARD_ARCFACE_TEMPLATE
 from service.cards import FaceDetectPostprocess, FaceEmbedPostprocess, ModelCard, Preprocess
+from service.detections import Detections
 from service.errors import InvalidParameter, NoFaceFound
 from service.images import DecodedImage
 from service.preprocess import Geometry, normalize_into, to_batch
@@ -37,41 +38,26 @@ from service.timing import Timing, in_thread
 # eye, nose tip, right mouth corner, left mouth corner (the subject's right is the image's left).
 ARCFACE_TEMPLATE = np.array(CARD_ARCFACE_TEMPLATE, dtype=np.float64)
 LANDMARK_NAMES = ("right_eye", "left_eye", "nose", "right_mouth", "left_mouth")
+FACE_CLASSES = ("face",)
 
 
-@dataclass(frozen=True)
-class Faces:
-    """Faces in one image, best score first.
+def face_detections(xyxy: np.ndarray, score: np.ndarray, landmarks: np.ndarray) -> Detections:
+    """Faces in one image as Detections, best score first: class 0 ("face"),
+    xyxy (N, 4) float32 boxes, score (N,) float32 in 0..1,
+    landmarks (N, 5, 2) float32 (x, y) in LANDMARK_NAMES order."""
+    n = score.shape[0]
+    if landmarks.shape != (n, 5, 2):
+        raise ValueError(f"landmarks must be ({n}, 5, 2), got {landmarks.shape}")
+    return Detections(
+        xyxy, np.zeros(n, np.int64), score, landmarks=landmarks, class_names=FACE_CLASSES
+    )
 
-    xyxy: (N, 4) float32 boxes; score: (N,) float32 in 0..1;
-    landmarks: (N, 5, 2) float32 (x, y) in LANDMARK_NAMES order.
-    """
 
-    xyxy: np.ndarray
-    score: np.ndarray
-    landmarks: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = self.xyxy.shape[0]
-        if self.xyxy.shape != (n, 4) or self.score.shape != (n,):
-            raise ValueError(
-                f"xyxy (N, 4) and score (N,), got {self.xyxy.shape}, {self.score.shape}"
-            )
-        if self.landmarks.shape != (n, 5, 2):
-            raise ValueError(f"landmarks must be ({n}, 5, 2), got {self.landmarks.shape}")
-
-    def __len__(self) -> int:
-        return int(self.xyxy.shape[0])
-
-    def take(self, index: np.ndarray | Sequence[int]) -> Faces:
-        idx = np.asarray(index, dtype=np.int64)
-        return Faces(self.xyxy[idx], self.score[idx], self.landmarks[idx])
-
-    @staticmethod
-    def empty() -> Faces:
-        return Faces(
-            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
-        )
+def landmarks_of(faces: Detections) -> np.ndarray:
+    """(N, 5, 2) float32: the landmarks face detections carry."""
+    if faces.landmarks is None:
+        raise ValueError("these detections carry no landmarks (not from a face detector)")
+    return faces.landmarks
 
 
 # --- settings from the cards ------------------------------------------------------------
@@ -146,7 +132,7 @@ def decode_yunet(
     input_hw: tuple[int, int],
     strides: Sequence[int],
     score_threshold: float,
-) -> Faces:
+) -> Detections:
     """YuNet head maps for one image -> candidate faces in input pixels (before NMS).
 
     outputs: per stride s, `cls_s`, `obj_s` (N, 1), `bbox_s` (N, 4), `kps_s` (N, 10) with
@@ -171,25 +157,26 @@ def decode_yunet(
         k = kps[keep].reshape(-1, 5, 2)
         marks.append(np.stack([(col + k[..., 0]) * s, (row + k[..., 1]) * s], axis=-1))
         scores.append(score[keep])
-    return Faces(
+    return face_detections(
         np.concatenate(boxes).astype(np.float32).reshape(-1, 4),
         np.concatenate(scores).astype(np.float32),
         np.concatenate(marks).astype(np.float32).reshape(-1, 5, 2),
     )
 
 
-def suppress(faces: Faces, iou_threshold: float, max_faces: int) -> Faces:
+def suppress(faces: Detections, iou_threshold: float, max_faces: int) -> Detections:
     """NMS, best score first, at most max_faces."""
     return faces.take(nms(faces.xyxy, faces.score, iou_threshold)[:max_faces])
 
 
-def to_original(faces: Faces, geometry: Geometry) -> Faces:
+def to_original(faces: Detections, geometry: Geometry) -> Detections:
     """Input-pixel boxes and landmarks -> pixels of the original image (boxes clipped to it;
     landmarks are not, a half-visible face may have a point just outside)."""
     sx, sy = geometry.scale
     px, py = geometry.pad
-    marks = (faces.landmarks - np.array([px, py], np.float32)) / np.array([sx, sy], np.float32)
-    return Faces(geometry.to_original(faces.xyxy), faces.score, marks.astype(np.float32))
+    marks = (landmarks_of(faces) - np.array([px, py], np.float32)) / np.array([sx, sy], np.float32)
+    xyxy = geometry.to_original(faces.xyxy)
+    return replace(faces, xyxy=xyxy, landmarks=marks.astype(np.float32))
 
 
 def detect_postprocess(
@@ -198,7 +185,7 @@ def detect_postprocess(
     geometry: Geometry,
     settings: DetectorSettings,
     score_threshold: float | None = None,
-) -> Faces:
+) -> Detections:
     """Head maps of one image -> its faces in original pixels, best first."""
     threshold = settings.score_threshold if score_threshold is None else score_threshold
     faces = decode_yunet(outputs, input_hw, settings.strides, threshold)
@@ -206,7 +193,7 @@ def detect_postprocess(
     return to_original(faces, geometry)
 
 
-def largest(faces: Faces) -> int:
+def largest(faces: Detections) -> int:
     """Index of the face with the largest box (ties: the better score, which comes first)."""
     if not len(faces):
         raise ValueError("no faces")
@@ -323,7 +310,7 @@ def verdict(similarity: float, distance: float, metric: Metric, threshold: float
 
 async def detect_faces(
     runtime: ModelRuntime, image: DecodedImage, timing: Timing, score_threshold: float | None = None
-) -> Faces:
+) -> Detections:
     """All faces in one image, original pixels, best score first."""
     settings = DetectorSettings.from_card(runtime.card)
     spec = runtime.card.preprocess
@@ -337,16 +324,16 @@ async def detect_faces(
     return faces
 
 
-def _crops(image: DecodedImage, faces: Faces, settings: EmbedderSettings) -> list[np.ndarray]:
+def _crops(image: DecodedImage, faces: Detections, settings: EmbedderSettings) -> list[np.ndarray]:
     sx, sy = image.scale  # landmarks are in original pixels; the pixels may be a JPEG draft
-    marks = faces.landmarks / np.array([sx, sy], np.float32)
+    marks = landmarks_of(faces) / np.array([sx, sy], np.float32)
     return [align(image.pixels, m, settings.template, settings.size) for m in marks]
 
 
 async def embed_faces(
     runtime: ModelRuntime,
     images: Sequence[DecodedImage],
-    faces: Sequence[Faces],
+    faces: Sequence[Detections],
     timing: Timing,
 ) -> np.ndarray:
     """Align every face of every image and embed them in as few runs as the model's batch
@@ -374,7 +361,7 @@ class Verification:
     distance: float
     threshold: float
     metric: Metric
-    faces: tuple[Faces, Faces]
+    faces: tuple[Detections, Detections]
     found: tuple[int, int]
 
 

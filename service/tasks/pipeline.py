@@ -36,6 +36,8 @@ Finish = Callable[[list[np.ndarray], M], R]  # this image's outputs (1, ...), me
 
 @dataclass(frozen=True)
 class Outcome(Generic[R]):
+    """One image's result, as classify() and detect() return it."""
+
     image: DecodedImage  # what was run (its original size is the response's frame)
     answer: R
     batch_size: int  # rows in the run this image was part of

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from PIL import Image
 from iis_client.params import MaskFormat as MaskFormat  # re-exported for the routes
 from service.boxes import batched_nms
 from service.cards import ModelCard, SegmentPostprocess
+from service.detections import Detections
 from service.images import DecodedImage
 from service.masks import BoxMask, encode_rle, png_base64, polygons
 from service.preprocess import Geometry
@@ -66,26 +67,8 @@ class SegmentOptions:
     mask_threshold: float = 0.5
 
 
-@dataclass(frozen=True)
-class Instances:
-    """One image's instances, best first.
-
-    xyxy: (K, 4) float32 original pixels; class_id: (K,) int64; score: (K,) float32;
-    masks: K BoxMasks over the original image.
-    """
-
-    xyxy: np.ndarray
-    class_id: np.ndarray
-    score: np.ndarray
-    masks: list[BoxMask] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        k = self.score.shape[0]
-        if self.xyxy.shape != (k, 4) or self.class_id.shape != (k,) or len(self.masks) != k:
-            raise ValueError(
-                f"Instances: expected xyxy (K, 4), class_id (K,), score (K,), K masks; got "
-                f"{self.xyxy.shape}, {self.class_id.shape}, {self.score.shape}, {len(self.masks)}"
-            )
+# What segment() finds: Detections with masks (the name scripts and tests use).
+Instances = Detections
 
 
 def preprocess(image: DecodedImage, resize: GraphResize) -> tuple[np.ndarray, Geometry]:
@@ -169,10 +152,13 @@ def select(
 
 
 def postprocess(
-    outputs: Sequence[np.ndarray], geometry: Geometry, options: SegmentOptions
-) -> Instances:
+    outputs: Sequence[np.ndarray],
+    geometry: Geometry,
+    options: SegmentOptions,
+    class_names: Sequence[str] = (),
+) -> Detections:
     """outputs: (boxes, labels, scores, mask_probs) with batch axis 1 (see module doc) ->
-    Instances with boxes and masks in original pixels."""
+    Detections with boxes and masks in original pixels (`class_names`: the card's labels)."""
     if len(outputs) != 4:
         raise ValueError(f"expected 4 Mask R-CNN outputs, got {len(outputs)}")
     boxes, labels, scores, probs = (o[0] for o in outputs)
@@ -191,11 +177,12 @@ def postprocess(
     masks = [
         paste(probs[i], b, size, options.mask_threshold) for i, b in zip(keep, raw, strict=True)
     ]
-    return Instances(
+    return Detections(
         xyxy.astype(np.float32),
         labels[keep].astype(np.int64),
         scores[keep].astype(np.float32),
         masks,
+        class_names=class_names,
     )
 
 
@@ -219,8 +206,26 @@ def encode_masks(masks: Sequence[BoxMask], fmt: MaskFormat) -> list[dict[str, An
 
 @dataclass(frozen=True)
 class SegmentResult:
-    instances: Instances
-    encoded: list[dict[str, Any]]
+    instances: Detections  # with masks
+    encoded: list[dict[str, Any]]  # each mask in the asked format
+
+
+async def find_instances(
+    runtime: ModelRuntime, image: DecodedImage, options: SegmentOptions, timing: Timing
+) -> Detections:
+    """The instances in one image, masks not yet encoded (the OIP answer has no masks)."""
+    resize = GraphResize.of(runtime.card)
+    tensor, geometry = await in_thread(timing, "preprocess", preprocess, image, resize)
+    result = await runtime.infer(tensor, timing)
+    return await in_thread(
+        timing,
+        "postprocess",
+        postprocess,
+        result.outputs,
+        geometry,
+        options,
+        runtime.card.labels,
+    )
 
 
 async def segment(
@@ -230,11 +235,7 @@ async def segment(
     mask_format: MaskFormat,
     timing: Timing,
 ) -> SegmentResult:
-    resize = GraphResize.of(runtime.card)
-    tensor, geometry = await in_thread(timing, "preprocess", preprocess, image, resize)
-    result = await runtime.infer(tensor, timing)
-    instances = await in_thread(
-        timing, "postprocess", postprocess, result.outputs, geometry, options
-    )
-    encoded = await in_thread(timing, "encode", encode_masks, instances.masks, mask_format)
+    """The instances in one image with their masks encoded in `mask_format`."""
+    instances = await find_instances(runtime, image, options, timing)
+    encoded = await in_thread(timing, "encode", encode_masks, instances.masks or [], mask_format)
     return SegmentResult(instances, encoded)

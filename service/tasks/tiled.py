@@ -16,12 +16,14 @@ rows), `merge`; `inference` and `postprocess` cover every view.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from service.batching import BatchResult
+from service.detections import Detections
 from service.images import DecodedImage, EncodedImage
 from service.masks import BoxMask
 from service.preprocess import Geometry
@@ -65,6 +67,17 @@ def input_side(runtime: ModelRuntime) -> int:
     return seg.GraphResize.of(runtime.card).min_size
 
 
+@dataclass(frozen=True)
+class TiledResult:
+    """found: merged, in photo pixels; image: the photo (decoded at full size);
+    encoded: segment only, each mask in the asked format."""
+
+    found: Detections
+    image: DecodedImage
+    tiling: TilingReport
+    encoded: list[dict[str, Any]] | None = None
+
+
 def _tile_images(image: DecodedImage, tiles: list[Tile]) -> list[DecodedImage]:
     return [
         DecodedImage(np.ascontiguousarray(p), p.shape[1], p.shape[0], image.format)
@@ -93,92 +106,8 @@ def _report(tiling: TilingOptions, tiles: list[Tile]) -> TilingReport:
     return TilingReport(tiling.mode, len(tiles), side, tiling.overlap)
 
 
-def _merge_options(iou_threshold: float) -> MergeOptions:
-    return MergeOptions(iou_threshold=iou_threshold)
-
-
-# --- detect -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TiledDetectResult:
-    detections: det.Detections
-    batch_size: int
-    image: DecodedImage
-    tiling: TilingReport
-
-
-def merge_detections(
-    views: list[det.Detections],
-    tiles: list[Tile],
-    options: det.DetectOptions,
-    merge_options: MergeOptions,
-) -> det.Detections:
-    """views[0]: the whole photo's detections, views[1:]: each tile's in tile pixels ->
-    merged Detections in photo pixels, best first."""
-    xyxy = [views[0].xyxy] + [to_photo(v.xyxy, t) for v, t in zip(views[1:], tiles, strict=True)]
-    cut = [np.zeros(views[0].score.shape[0], bool)] + [
-        cut_by_edge(b, t) for b, t in zip(xyxy[1:], tiles, strict=True)
-    ]
-    view_ids = [np.full(v.score.shape[0], i - 1, np.int64) for i, v in enumerate(views)]
-    c = Candidates(
-        np.concatenate(xyxy).astype(np.float32).reshape(-1, 4),
-        np.concatenate([v.class_id for v in views]).astype(np.int64),
-        np.concatenate([v.score for v in views]).astype(np.float32),
-        np.concatenate(view_ids),
-        np.concatenate(cut),
-    )
-    merged = merge(c, merge_options)
-    keep = np.flatnonzero(merged.score >= options.score_threshold)[: options.max_detections]
-    return det.Detections(merged.xyxy[keep], merged.class_id[keep], merged.score[keep])
-
-
-async def detect_tiled(
-    runtime: ModelRuntime,
-    image: DecodedImage | EncodedImage,
-    options: det.DetectOptions,
-    tiling: TilingOptions,
-    timing: Timing,
-) -> TiledDetectResult:
-    """Detections in one photo, from its whole view and (per `tiling`) its tiles."""
-    decoded = await _decode(image, timing)
-    tiles = plan(decoded.width, decoded.height, tiling, input_side(runtime))
-    if not tiles:
-        plain = await det.detect(runtime, decoded, options, timing)
-        return TiledDetectResult(plain.detections, plain.batch_size, decoded, _report(tiling, []))
-    card, layout = runtime.card, det.layout_of(runtime.card)
-    whole, whole_geometry = await in_thread(timing, "preprocess", det.preprocess, [decoded], card)
-
-    def prepare_tiles() -> tuple[np.ndarray, list[Geometry]]:
-        return det.preprocess(_tile_images(decoded, tiles), card)
-
-    rows, geometries = await in_thread(timing, "tile_preprocess", prepare_tiles)
-    results = await _run_rows(runtime, np.concatenate([whole, rows]), timing)
-    output = np.concatenate([r.outputs[0] for r in results])
-    per_view = replace(options, max_detections=_PER_VIEW)
-    views = await in_thread(
-        timing,
-        "postprocess",
-        det.postprocess,
-        output,
-        whole_geometry + geometries,
-        per_view,
-        layout,
-    )
-    found = await in_thread(
-        timing,
-        "merge",
-        merge_detections,
-        views,
-        tiles,
-        options,
-        _merge_options(options.iou_threshold),
-    )
-    batch_size = max(r.batch_size for r in results)
-    return TiledDetectResult(found, batch_size, decoded, _report(tiling, tiles))
-
-
-# --- segment ------------------------------------------------------------------------------
+def _to_photo_mask(mask: BoxMask, tile: Tile, size: tuple[int, int]) -> BoxMask:
+    return BoxMask(mask.bits, mask.top + tile.y0, mask.left + tile.x0, size)
 
 
 def _union_mask(masks: list[BoxMask]) -> BoxMask:
@@ -194,46 +123,107 @@ def _union_mask(masks: list[BoxMask]) -> BoxMask:
     return BoxMask(bits, top, left, masks[0].size)
 
 
-def _to_photo_mask(mask: BoxMask, tile: Tile, size: tuple[int, int]) -> BoxMask:
-    return BoxMask(mask.bits, mask.top + tile.y0, mask.left + tile.x0, size)
-
-
-def merge_instances(
-    views: list[seg.Instances],
+def merge_views(
+    views: list[Detections],
     tiles: list[Tile],
     size: tuple[int, int],
-    options: seg.SegmentOptions,
-    merge_options: MergeOptions,
-) -> seg.Instances:
-    """views[0]: the whole photo's instances, views[1:]: each tile's (masks over the tile) ->
-    merged Instances over the photo of `size` (height, width): the masks of one object's
-    pieces ORed, its box the union of theirs."""
+    options: det.DetectOptions | seg.SegmentOptions,
+) -> Detections:
+    """views[0]: the whole photo's detections, views[1:]: each tile's in tile pixels ->
+    merged Detections in pixels of the photo of `size` (height, width), best first. With
+    masks (segment), the masks of one object's pieces are ORed, its box the union of theirs."""
     xyxy = [views[0].xyxy] + [to_photo(v.xyxy, t) for v, t in zip(views[1:], tiles, strict=True)]
-    cut = [np.zeros(views[0].score.shape[0], bool)] + [
+    cut = [np.zeros(len(views[0]), bool)] + [
         cut_by_edge(b, t) for b, t in zip(xyxy[1:], tiles, strict=True)
-    ]
-    masks = list(views[0].masks) + [
-        _to_photo_mask(m, t, size) for v, t in zip(views[1:], tiles, strict=True) for m in v.masks
     ]
     c = Candidates(
         np.concatenate(xyxy).astype(np.float32).reshape(-1, 4),
         np.concatenate([v.class_id for v in views]).astype(np.int64),
         np.concatenate([v.score for v in views]).astype(np.float32),
-        np.concatenate([np.full(v.score.shape[0], i - 1, np.int64) for i, v in enumerate(views)]),
+        np.concatenate([np.full(len(v), i - 1, np.int64) for i, v in enumerate(views)]),
         np.concatenate(cut),
     )
-    merged = merge(c, merge_options)
+    merged = merge(c, MergeOptions(iou_threshold=options.iou_threshold))
     keep = np.flatnonzero(merged.score >= options.score_threshold)[: options.max_detections]
-    out_masks = [_union_mask([masks[i] for i in merged.groups[k]]) for k in keep.tolist()]
-    return seg.Instances(merged.xyxy[keep], merged.class_id[keep], merged.score[keep], out_masks)
+    masks = None
+    if views[0].masks is not None:
+        pieces = list(views[0].masks) + [
+            _to_photo_mask(m, t, size)
+            for v, t in zip(views[1:], tiles, strict=True)
+            for m in v.masks or []
+        ]
+        masks = [_union_mask([pieces[i] for i in merged.groups[k]]) for k in keep.tolist()]
+    return Detections(
+        merged.xyxy[keep],
+        merged.class_id[keep],
+        merged.score[keep],
+        masks,
+        class_names=views[0].class_names,
+    )
 
 
-@dataclass(frozen=True)
-class TiledSegmentResult:
-    instances: seg.Instances
-    encoded: list[dict[str, Any]]
-    image: DecodedImage
-    tiling: TilingReport
+Views = Callable[[DecodedImage, list[Tile]], Awaitable[list[Detections]]]
+
+
+async def _run_tiled(
+    runtime: ModelRuntime,
+    image: DecodedImage | EncodedImage,
+    options: det.DetectOptions | seg.SegmentOptions,
+    tiling: TilingOptions,
+    timing: Timing,
+    whole_only: Callable[[DecodedImage], Awaitable[Detections]],
+    views: Views,
+) -> TiledResult:
+    """Decode, plan the tiles; none: `whole_only`, else every view's detections (`views`:
+    the whole photo's first, then each tile's in tile pixels) merged."""
+    decoded = await _decode(image, timing)
+    tiles = plan(decoded.width, decoded.height, tiling, input_side(runtime))
+    if not tiles:
+        return TiledResult(await whole_only(decoded), decoded, _report(tiling, []))
+    found = await views(decoded, tiles)
+    size = (decoded.height, decoded.width)
+    merged = await in_thread(timing, "merge", merge_views, found, tiles, size, options)
+    return TiledResult(merged, decoded, _report(tiling, tiles))
+
+
+async def detect_tiled(
+    runtime: ModelRuntime,
+    image: DecodedImage | EncodedImage,
+    options: det.DetectOptions,
+    tiling: TilingOptions,
+    timing: Timing,
+) -> TiledResult:
+    """Detections in one photo, from its whole view and (per `tiling`) its tiles, which run
+    as rows of one batch."""
+    card, layout = runtime.card, det.layout_of(runtime.card)
+
+    async def whole_only(decoded: DecodedImage) -> Detections:
+        return (await det.detect(runtime, decoded, options, timing)).answer
+
+    async def views(decoded: DecodedImage, tiles: list[Tile]) -> list[Detections]:
+        whole, whole_geometry = await in_thread(
+            timing, "preprocess", det.preprocess, [decoded], card
+        )
+
+        def prepare_tiles() -> tuple[np.ndarray, list[Geometry]]:
+            return det.preprocess(_tile_images(decoded, tiles), card)
+
+        rows, geometries = await in_thread(timing, "tile_preprocess", prepare_tiles)
+        results = await _run_rows(runtime, np.concatenate([whole, rows]), timing)
+        output = np.concatenate([r.outputs[0] for r in results])
+        per_view = replace(options, max_detections=_PER_VIEW)
+        return await in_thread(
+            timing,
+            "postprocess",
+            det.postprocess,
+            output,
+            whole_geometry + geometries,
+            per_view,
+            layout,
+            card.labels,
+        )
+
+    return await _run_tiled(runtime, image, options, tiling, timing, whole_only, views)
 
 
 async def segment_tiled(
@@ -243,40 +233,33 @@ async def segment_tiled(
     mask_format: seg.MaskFormat,
     tiling: TilingOptions,
     timing: Timing,
-) -> TiledSegmentResult:
-    """Instances in one photo, from its whole view and (per `tiling`) its tiles."""
-    decoded = await _decode(image, timing)
-    tiles = plan(decoded.width, decoded.height, tiling, input_side(runtime))
-    if not tiles:
-        plain = await seg.segment(runtime, decoded, options, mask_format, timing)
-        return TiledSegmentResult(plain.instances, plain.encoded, decoded, _report(tiling, []))
+) -> TiledResult:
+    """Instances in one photo, from its whole view and (per `tiling`) its tiles, each view
+    its own run; their masks encoded in `mask_format`."""
     resize = seg.GraphResize.of(runtime.card)
-    whole = await in_thread(timing, "preprocess", seg.preprocess, decoded, resize)
 
-    def prepare_tiles() -> list[tuple[np.ndarray, Geometry]]:
-        return [seg.preprocess(t, resize) for t in _tile_images(decoded, tiles)]
+    async def whole_only(decoded: DecodedImage) -> Detections:
+        return await seg.find_instances(runtime, decoded, options, timing)
 
-    parts = [whole, *await in_thread(timing, "tile_preprocess", prepare_tiles)]
-    results = await asyncio.gather(*(runtime.infer(t, timing) for t, _ in parts))
-    per_view = replace(options, max_detections=_PER_VIEW)
+    async def views(decoded: DecodedImage, tiles: list[Tile]) -> list[Detections]:
+        whole = await in_thread(timing, "preprocess", seg.preprocess, decoded, resize)
 
-    def finish_views() -> list[seg.Instances]:
-        return [
-            seg.postprocess(r.outputs, g, per_view)
-            for r, (_, g) in zip(results, parts, strict=True)
-        ]
+        def prepare_tiles() -> list[tuple[np.ndarray, Geometry]]:
+            return [seg.preprocess(t, resize) for t in _tile_images(decoded, tiles)]
 
-    views = await in_thread(timing, "postprocess", finish_views)
-    size = (decoded.height, decoded.width)
-    found = await in_thread(
-        timing,
-        "merge",
-        merge_instances,
-        views,
-        tiles,
-        size,
-        options,
-        _merge_options(options.iou_threshold),
-    )
-    encoded = await in_thread(timing, "encode", seg.encode_masks, found.masks, mask_format)
-    return TiledSegmentResult(found, encoded, decoded, _report(tiling, tiles))
+        parts = [whole, *await in_thread(timing, "tile_preprocess", prepare_tiles)]
+        results = await asyncio.gather(*(runtime.infer(t, timing) for t, _ in parts))
+        per_view = replace(options, max_detections=_PER_VIEW)
+
+        def finish_views() -> list[Detections]:
+            return [
+                seg.postprocess(r.outputs, g, per_view, runtime.card.labels)
+                for r, (_, g) in zip(results, parts, strict=True)
+            ]
+
+        return await in_thread(timing, "postprocess", finish_views)
+
+    out = await _run_tiled(runtime, image, options, tiling, timing, whole_only, views)
+    masks = out.found.masks or []
+    encoded = await in_thread(timing, "encode", seg.encode_masks, masks, mask_format)
+    return replace(out, encoded=encoded)

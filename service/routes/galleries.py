@@ -37,14 +37,14 @@ from service.gallery.schemas import (
 )
 from service.gallery.service import Galleries
 from service.gallery.store import Audit, Gallery
-from service.preprocess import needed_side
 from service.routes.common import (
+    GalleriesDep,
     ImageUpload,
-    app_settings,
-    decode_upload,
-    get_registry,
+    RegistryDep,
+    SettingsDep,
+    face_out,
+    face_photo,
 )
-from service.routes.faces import _face
 from service.schemas import ERROR_RESPONSES
 from service.tenancy import Principal, principal_of
 from service.timing import Timing, off_loop
@@ -59,11 +59,6 @@ DetectorName = Annotated[
 ]
 
 
-def get_galleries(request: Request) -> Galleries:
-    galleries: Galleries = request.app.state.galleries
-    return galleries
-
-
 def writable(request: Request) -> Principal:
     principal = principal_of(request)
     if principal.read_only:
@@ -74,7 +69,6 @@ def writable(request: Request) -> Principal:
     return principal
 
 
-GalleriesDep = Annotated[Galleries, Depends(get_galleries)]
 Reader = Annotated[Principal, Depends(principal_of)]
 Writer = Annotated[Principal, Depends(writable)]
 
@@ -125,7 +119,7 @@ async def delete_gallery(
 
 @router.post("/galleries/{gallery}/subjects", response_model=SubjectOut, status_code=201)
 async def create_subject(
-    request: Request,
+    registry: RegistryDep,
     gallery: GalleryName,
     body: SubjectCreate,
     galleries: GalleriesDep,
@@ -142,7 +136,7 @@ async def create_subject(
     """Add a subject (creating the gallery, bound to one embedder model, if it is new)."""
     existing = await off_loop(galleries.store.find_gallery, principal.tenant, gallery)
     if existing is None:
-        embedder = get_registry(request).get("face-embed", model)
+        embedder = registry.get("face-embed", model)
         existing = await off_loop(
             galleries.store.ensure_gallery, principal.tenant, gallery, embedder.name,
             embedder.version,
@@ -216,7 +210,8 @@ async def delete_subject(
     "/galleries/{gallery}/subjects/{subject}/faces", response_model=EnrolResponse, status_code=201
 )
 async def enrol_face(
-    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
     gallery: GalleryName,
     subject: SubjectName,
     image: ImageUpload,
@@ -230,16 +225,14 @@ async def enrol_face(
     """Detect, align and embed the face in a photo and store it for the subject (no photo kept)."""
     timing = Timing()
     found = await _gallery(galleries, principal, gallery)
-    registry = get_registry(request)
-    embedder = registry.get("face-embed", found.model_ref)
-    finder = registry.get("face-detect", detector)
-    decoded = await decode_upload(
-        image, app_settings(request), timing, min_side=needed_side(finder.card)
+    photo = await face_photo(registry, settings, image, timing, found.model_ref, detector)
+    embedder = photo.embedder
+    result = await service.enrol(
+        galleries, found, subject, photo.detector, embedder, photo.image, all, timing
     )
-    result = await service.enrol(galleries, found, subject, finder, embedder, decoded, all, timing)
     faces = [
-        StoredFace(face_id=face_id, box=_face(result.faces, i).box,
-                   score=_face(result.faces, i).score, quality=result.qualities[i])
+        StoredFace(face_id=face_id, box=face_out(result.faces, i).box,
+                   score=face_out(result.faces, i).score, quality=result.qualities[i])
         for i, face_id in enumerate(result.ids)
     ]  # fmt: skip
     return EnrolResponse(
@@ -268,24 +261,21 @@ async def delete_face(
 
 @router.post("/galleries/{gallery}/identify", response_model=IdentifyResponse)
 async def identify(
-    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
     gallery: GalleryName,
     image: ImageUpload,
     galleries: GalleriesDep,
     principal: Reader,
+    detector: DetectorName = None,
     top_k: Annotated[int, Query(ge=1, le=100)] = 5,
     max_faces: Annotated[int, Query(ge=1, le=100)] = 20,
-    detector: DetectorName = None,
 ) -> IdentifyResponse:
     """Who is in this photo? Every face against the gallery's subjects."""
     timing = Timing()
     found = await _gallery(galleries, principal, gallery)
-    registry = get_registry(request)
-    embedder = registry.get("face-embed", found.model_ref)
-    finder = registry.get("face-detect", detector)
-    decoded = await decode_upload(
-        image, app_settings(request), timing, min_side=needed_side(finder.card)
-    )
+    photo = await face_photo(registry, settings, image, timing, found.model_ref, detector)
+    embedder, finder, decoded = photo.embedder, photo.detector, photo.image
     result = await service.identify(
         galleries, found, finder, embedder, decoded, top_k, max_faces, timing
     )
@@ -295,7 +285,7 @@ async def identify(
         known = best is not None and best.similarity >= result.threshold
         faces.append(
             IdentifiedFace(
-                **_face(result.faces, i).model_dump(),
+                **face_out(result.faces, i).model_dump(),
                 matches=[MatchOut(subject=m.subject, similarity=m.similarity) for m in matches],
                 subject=best.subject if known and best else None,
                 similarity=best.similarity if best else None,
@@ -348,7 +338,11 @@ IMPORT_BODY = {
     openapi_extra=IMPORT_BODY,
 )
 async def import_gallery(
-    request: Request, gallery: GalleryName, galleries: GalleriesDep, principal: Writer
+    request: Request,
+    registry: RegistryDep,
+    gallery: GalleryName,
+    galleries: GalleriesDep,
+    principal: Writer,
 ) -> ImportResponse:
     """Import an export: all of it or nothing; refused when its model is not the gallery's."""
     body = await request.body()  # bounded by the upload limit (IIS_MAX_UPLOAD_BYTES)
@@ -356,7 +350,7 @@ async def import_gallery(
     existing = await off_loop(galleries.store.find_gallery, principal.tenant, gallery)
     if existing is None:
         # a new gallery takes the file's model, which this server must have
-        embedder = get_registry(request).get("face-embed", f"{parsed.model}@{parsed.model_version}")
+        embedder = registry.get("face-embed", f"{parsed.model}@{parsed.model_version}")
         transfer.check_model(parsed, None, embedder.name, embedder.version)
         existing = await off_loop(
             galleries.store.ensure_gallery, principal.tenant, gallery, embedder.name,

@@ -15,16 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests.support import images
 from tests.support.app import serve
 from tests.support.faces import photo
-from tests.support.images import (
-    animated_gif,
-    encode,
-    exif_rotated_jpeg,
-    noise_image,
-    png_header_only,
-    sixteen_bit_png,
-)
+from tests.support.images import encode, noise_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -72,23 +66,23 @@ BAD_CORPUS = [
     ("truncated-webp", encode(noise_image(64, 64), "WEBP")[:60], 400, "invalid_image"),
     ("truncated-tiff", encode(noise_image(64, 64), "TIFF")[:300], 400, "invalid_image"),
     ("gif-header-only", b"GIF89a\x10\x00\x10\x00", 400, "invalid_image"),
-    ("zero-width-png", png_header_only(0, 10), 400, "invalid_image"),
-    ("png-bomb-header", png_header_only(100_000, 100_000), 413, "image_too_large"),
-    ("over-pixel-budget", png_header_only(2500, 2000), 413, "image_too_large"),
+    ("zero-width-png", images.png_header_only(0, 10), 400, "invalid_image"),
+    ("png-bomb-header", images.png_header_only(100_000, 100_000), 413, "image_too_large"),
+    ("over-pixel-budget", images.png_header_only(2500, 2000), 413, "image_too_large"),
     ("bmp-huge-header", _bmp_header(60_000, 60_000), 413, "image_too_large"),
     ("over-byte-limit", GOOD_JPEG + b"\0" * 2_100_000, 413, "payload_too_large"),
 ]
 
 ODD_BUT_VALID = [
     ("cmyk-jpeg", encode(Image.new("CMYK", (64, 48), (0, 128, 255, 0)), "JPEG")),
-    ("16-bit-png", sixteen_bit_png(40000)),
+    ("16-bit-png", images.sixteen_bit_png(40000)),
     ("palette-png", encode(noise_image(64, 48).convert("P"), "PNG")),
     ("rgba-png", encode(noise_image(64, 48, mode="RGBA"), "PNG")),
     ("grey-png", encode(noise_image(64, 48, mode="L"), "PNG")),
     ("1x1", encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG")),
     ("4x4000", encode(Image.new("RGB", (4, 4000), (9, 99, 199)), "PNG")),
-    ("exif-rotated", exif_rotated_jpeg(6)),
-    ("animated-gif", animated_gif()),
+    ("exif-rotated", images.exif_rotated_jpeg(6)),
+    ("animated-gif", images.animated_gif()),
     ("bmp", encode(noise_image(30, 20), "BMP")),
     ("webp", encode(noise_image(30, 20), "WEBP")),
     ("tiff", encode(noise_image(30, 20), "TIFF")),

@@ -657,14 +657,19 @@ def test_repository_index_lists_them_unavailable(server: Server):
 # --- (b) the repository API refuses them -----------------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_load_by_name_is_refused_with_the_reason(server: Server, case: Case):
-    before = snapshot(server.models / case.name)
-    r = server.client.post(f"/v2/repository/models/{case.name}/load")
+def assert_load_failed(r: httpx.Response, case: Case) -> None:
+    """400 load_failed, saying "model <ref>: " and then the case's reason."""
     message = assert_v2_error(r, 400, "load_failed")
     prefix = f"model {case.ref}: "
     assert message.startswith(prefix), message
     assert matches(case.reason, message[len(prefix) :]), message
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_load_by_name_is_refused_with_the_reason(server: Server, case: Case):
+    before = snapshot(server.models / case.name)
+    r = server.client.post(f"/v2/repository/models/{case.name}/load")
+    assert_load_failed(r, case)
     assert snapshot(server.models / case.name) == before
     assert leftovers(server.models) == []
 
@@ -680,10 +685,7 @@ def test_load_with_its_files_is_refused_and_the_folder_kept(server: Server, case
     if case.sent_refusal is not None:
         assert case.sent_refusal in assert_v2_error(r, 400, "invalid_request")
     else:
-        message = assert_v2_error(r, 400, "load_failed")
-        prefix = f"model {case.ref}: "
-        assert message.startswith(prefix), message
-        assert matches(case.reason, message[len(prefix) :]), message
+        assert_load_failed(r, case)
     # the refused files never replace what was there, and nothing is left half-way
     assert snapshot(server.models / case.name) == before
     assert leftovers(server.models) == []
@@ -706,76 +708,52 @@ def test_the_card_sent_as_a_file_is_read_as_config_is(server: Server):
 GOOD_ONNX = base64.b64encode(b"stand-in bytes; never written").decode()
 GOOD_CARD = json.dumps({"name": "sneaky", "task": "classify"})
 
+
+def load_body(*names: str, content: object = GOOD_ONNX, config: object = GOOD_CARD) -> object:
+    """A load request sending `content` as each `file:<name>`, and the card as `config`."""
+    return {"parameters": {**{f"file:{name}": content for name in names}, "config": config}}
+
+
+def refused_file(name: str, words: str = "files are", *, id: str) -> Any:
+    """A load request sending the file `name`, refused with "'file:<name>': <words>"."""
+    return pytest.param(load_body(name), f"'file:{name}': {words}", id=id)
+
+
 REQUEST_REFUSALS = [
-    pytest.param(
-        {"parameters": {"file:../x/model.onnx": GOOD_ONNX, "config": GOOD_CARD}},
-        "'file:../x/model.onnx': files are model.onnx, model.json or golden.npz",
-        id="path-up-and-out",
+    refused_file(
+        "../x/model.onnx", "files are model.onnx, model.json or golden.npz", id="path-up-and-out"
     ),
+    refused_file("/etc/passwd", "files are model.onnx", id="absolute-path"),
     pytest.param(
-        {"parameters": {"file:/etc/passwd": GOOD_ONNX, "config": GOOD_CARD}},
-        "'file:/etc/passwd': files are model.onnx",
-        id="absolute-path",
-    ),
-    pytest.param(
-        {"parameters": {"file:1/../../x/model.onnx": GOOD_ONNX, "config": GOOD_CARD}},
+        load_body("1/../../x/model.onnx"),
         "no path may leave the model's folder",
         id="version-then-up",
     ),
+    refused_file("latest/model.onnx", id="non-numeric-version-folder"),
+    # no version 0: the folder would be written, then never loaded
+    refused_file("0/model.onnx", id="version-folder-0"),
+    refused_file("2147483648/model.onnx", id="version-folder-2**31"),
     pytest.param(
-        {"parameters": {"file:latest/model.onnx": GOOD_ONNX, "config": GOOD_CARD}},
-        "'file:latest/model.onnx': files are",
-        id="non-numeric-version-folder",
+        load_body("model.onnx", "run.sh"), "'file:run.sh': files are", id="not-a-model-file"
     ),
+    refused_file(".model.onnx", id="hidden-file"),
     pytest.param(
-        {"parameters": {"file:0/model.onnx": GOOD_ONNX, "config": GOOD_CARD}},
-        "'file:0/model.onnx': files are",
-        id="version-folder-0",  # no version 0: the folder would be written, then never loaded
-    ),
-    pytest.param(
-        {"parameters": {"file:2147483648/model.onnx": GOOD_ONNX, "config": GOOD_CARD}},
-        "'file:2147483648/model.onnx': files are",
-        id="version-folder-2**31",
-    ),
-    pytest.param(
-        {
-            "parameters": {
-                "file:model.onnx": GOOD_ONNX,
-                "file:run.sh": GOOD_ONNX,
-                "config": GOOD_CARD,
-            }
-        },
-        "'file:run.sh': files are",
-        id="not-a-model-file",
-    ),
-    pytest.param(
-        {"parameters": {"file:.model.onnx": GOOD_ONNX, "config": GOOD_CARD}},
-        "'file:.model.onnx': files are",
-        id="hidden-file",
-    ),
-    pytest.param(
-        {"parameters": {"file:model.onnx": "not base64 !!", "config": GOOD_CARD}},
+        load_body("model.onnx", content="not base64 !!"),
         "'file:model.onnx': not valid base64",
         id="bad-base64",
     ),
     pytest.param(
-        {"parameters": {"file:model.onnx": 12345, "config": GOOD_CARD}},
+        load_body("model.onnx", content=12345),
         "'file:model.onnx': the file's content must be a base64 string",
         id="content-not-a-string",
     ),
     pytest.param(
-        {"parameters": {"file:model.onnx": GOOD_ONNX, "config": {"task": "classify"}}},
+        load_body("model.onnx", config={"task": "classify"}),
         "'config' must be the card (model.json) as a JSON string",
         id="config-not-a-string",
     ),
     pytest.param(
-        {
-            "parameters": {
-                "file:model.onnx": GOOD_ONNX,
-                "config": GOOD_CARD,
-                "file:model.json": GOOD_ONNX,
-            }
-        },
+        load_body("model.onnx", "model.json"),
         "both 'config' and 'file:model.json' were sent; send one",
         id="two-cards",
     ),

@@ -530,21 +530,32 @@ def test_parse_files_accepts(parameters: dict[str, Any], files: dict[str, bytes]
     assert parse_files(parameters) == files
 
 
+def refused_keys(words: str, *keys: str) -> list[tuple[str, Any, str]]:
+    """One case per `file:` key sent with good content, each refused with `words`."""
+    return [(key, b64(b"x"), words) for key in keys]
+
+
 @pytest.mark.parametrize(
     ("key", "value", "words"),
     [
-        ("file:../x/model.onnx", b64(b"x"), "no path may leave the model's folder"),
-        ("file:/etc/passwd", b64(b"x"), "no path may leave the model's folder"),
-        ("file:1/../model.onnx", b64(b"x"), "no path may leave"),
-        ("file:./model.onnx", b64(b"x"), "no path may leave"),
-        ("file:1//model.onnx", b64(b"x"), "no path may leave"),
-        ("file:1/2/model.onnx", b64(b"x"), "no path may leave"),
-        ("file:0/model.onnx", b64(b"x"), "numbered version folder"),
-        ("file:2147483648/model.onnx", b64(b"x"), "numbered version folder"),
-        ("file:v1/model.onnx", b64(b"x"), "numbered version folder"),
-        ("file:model.py", b64(b"x"), "files are model.onnx, model.json or golden.npz"),
-        ("file:", b64(b"x"), "files are"),
-        ("file:model.onnx\\..", b64(b"x"), "files are"),
+        *refused_keys(
+            "no path may leave the model's folder", "file:../x/model.onnx", "file:/etc/passwd"
+        ),
+        *refused_keys(
+            "no path may leave",
+            "file:1/../model.onnx",
+            "file:./model.onnx",
+            "file:1//model.onnx",
+            "file:1/2/model.onnx",
+        ),
+        *refused_keys(
+            "numbered version folder",
+            "file:0/model.onnx",
+            "file:2147483648/model.onnx",
+            "file:v1/model.onnx",
+        ),
+        *refused_keys("files are model.onnx, model.json or golden.npz", "file:model.py"),
+        *refused_keys("files are", "file:", "file:model.onnx\\.."),
         ("file:model.onnx", "@@@", "not valid base64"),
         ("file:model.onnx", None, "must be a base64 string"),
     ],

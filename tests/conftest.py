@@ -1,12 +1,14 @@
 """Shared fixtures: tiny models built by the project's own exporters, and apps over them.
 
-Tests are grouped by kind; a module lives in the folder of the heaviest thing it needs:
-- unit/: no app and no server: pure functions, exporters, offline tools, bare onnxruntime
-  sessions over tiny models built here.
-- api/: the app in-process (`with TestClient(app)`, see support/app.py `serve`), tiny models.
-- e2e/: a real socket: `python -m service` (or a peer stack) in a subprocess, a browser.
+Tests are grouped by kind. A module lives in the folder of the heaviest thing any of its tests
+needs (unit < api < e2e), or in real/ when every one of them needs the default models:
+- unit/: no app and no service process: pure functions, exporters, offline tools, bare
+  onnxruntime sessions over tiny models (a stand-in HTTP server or a test database is fine).
+- api/: the app in-process, `with TestClient(app)` (tests.support.app.serve), tiny models.
+- e2e/: the service over a real socket: `python -m service` (tests.support.app.start_server) or
+  a peer stack in a subprocess, driven by HTTP clients or a browser.
 - real/: every test needs the default models and real photos (scripts/build_models.py); the
-  module is marked `real_weights`. A single test elsewhere that needs them carries the marker.
+  module is marked `real_weights`. A test elsewhere that needs them carries the marker itself.
 
 A module is named `test_<area>[_<aspect>].py`, area first (the endpoint, service module or
 offline tool under test); the kind is the folder, never part of the name. Shared fixtures live

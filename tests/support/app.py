@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx2 as httpx
 import pytest
@@ -63,23 +64,8 @@ def start_server(models_dir: Path, **env: str) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environment,
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-
-    def output() -> str:
-        log.seek(0)
-        return log.read().decode(errors="replace")[-5000:]
-
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, output()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready in 60 s")
+        wait_ready(proc, url, log, seconds=60)
         yield url
     finally:
         proc.send_signal(signal.SIGINT)  # graceful shutdown, as a container stop would
@@ -90,3 +76,27 @@ def start_server(models_dir: Path, **env: str) -> Iterator[str]:
             pytest.fail("server did not shut down within 20 s of SIGINT")
         finally:
             log.close()
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log: IO[bytes], seconds: float) -> None:
+    """Polls `url`/readyz until it answers 200; fails the test, with the server's log, if the
+    process exits first or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while not is_ready(url):
+        assert proc.poll() is None, tail(log)
+        if time.monotonic() > deadline:
+            pytest.fail(f"server did not become ready in {seconds:g} s: {tail(log)}")
+        time.sleep(0.2)
+
+
+def is_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def tail(log: IO[bytes]) -> str:
+    """The last 5000 characters the server wrote to its log file."""
+    log.seek(0)
+    return log.read().decode(errors="replace")[-5000:]

@@ -14,18 +14,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx
 import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from tests.support.app import ROOT, free_port
+from tests.support.app import ROOT, free_port, wait_ready
 from tests.support.images import encode
 
 PG_ENV = "IIS_TEST_DATABASE_URL"
@@ -109,20 +107,8 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.output()
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"server did not become ready in 90 s: {self.output()}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-5000:]
+        wait_ready(self.proc, self.url, self.log, seconds=90)
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush; what was committed must be all there is."""

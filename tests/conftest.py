@@ -1,14 +1,30 @@
-"""Shared fixtures: tiny models built by the project's own exporters, and apps over them."""
+"""Shared fixtures: tiny models built by the project's own exporters, and apps over them.
+
+Tests are grouped by kind. A module lives in the folder of the heaviest thing any of its tests
+needs (unit < api < e2e), or in real/ when every one of them needs the default models:
+- unit/: no app and no service process: pure functions, exporters, offline tools, bare
+  onnxruntime sessions over tiny models (a stand-in HTTP server or a test database is fine).
+- api/: the app in-process, `with TestClient(app)` (tests.support.app.serve), tiny models.
+- e2e/: the service over a real socket: `python -m service` (tests.support.app.start_server) or
+  a peer stack in a subprocess, driven by HTTP clients or a browser.
+- real/: every test needs the default models and real photos (scripts/build_models.py); the
+  module is marked `real_weights`. A test elsewhere that needs them carries the marker itself.
+
+A module is named `test_<area>[_<aspect>].py`, area first (the endpoint, service module or
+offline tool under test); the kind is the folder, never part of the name. Shared fixtures live
+here, shared code in the tests.support package; a test module never imports another.
+"""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers import DEFAULT_MODELS, serve
+from tests.support.app import DEFAULT_MODELS, serve, start_server
 
 
 @pytest.fixture
@@ -88,7 +104,7 @@ def tiny_detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """models/ holding `tiny-yolo`: a tiny Darknet YOLO with seeded random weights, exported by
     scripts/export/darknet.py."""
     from scripts.export.darknet import export_darknet, save_darknet_weights
-    from tests.test_detect_darknet import LABELS, TINY_CFG, randomized
+    from tests.support.darknet import LABELS, TINY_CFG, randomized
 
     root = tmp_path_factory.mktemp("tiny-det")
     cfg, weights = root / "tiny.cfg", root / "tiny.weights"
@@ -103,3 +119,42 @@ def tiny_detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def classify_client(tiny_classifier_dir: Path) -> Iterator[TestClient]:
     with serve(tiny_classifier_dir) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/ holding `tiny-seg`: see tests/support/segment.py."""
+    from tests.support.segment import export_tiny_segmenter
+
+    return export_tiny_segmenter(tmp_path_factory.mktemp("tiny-seg"))
+
+
+@pytest.fixture(scope="session")
+def tiny_faces_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/ holding `tiny-facedet` and `tiny-faceemb`: see tests/support/faces.py."""
+    from tests.support.faces import export_tiny_faces
+
+    return export_tiny_faces(tmp_path_factory.mktemp("face-models"))
+
+
+@pytest.fixture(scope="session")
+def all_models(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_classifier_dir: Path,
+    tiny_detector_dir: Path,
+    tiny_faces_dir: Path,
+    tiny_segmenter_dir: Path,
+) -> Path:
+    """One models/ folder holding every tiny model above: a model for every endpoint."""
+    out = tmp_path_factory.mktemp("all-models")
+    for source in (tiny_classifier_dir, tiny_detector_dir, tiny_faces_dir, tiny_segmenter_dir):
+        for folder in source.iterdir():
+            if (folder / "model.json").exists():
+                shutil.copytree(folder, out / folder.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_classifier_dir: Path) -> Iterator[str]:
+    """`python -m service` over the tiny classifier on a loopback port: its URL."""
+    yield from start_server(tiny_classifier_dir)

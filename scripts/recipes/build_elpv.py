@@ -62,7 +62,7 @@ class Recipe:
 
 
 FULL = Recipe()
-# CI-sized (tests/test_elpv_real.py): 540 cells at 160 px, same code path, head only.
+# CI-sized (tests/real/test_elpv.py): 540 cells at 160 px, same code path, head only.
 QUICK = Recipe(
     strategy="feature-extraction",
     size=160,

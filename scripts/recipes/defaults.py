@@ -376,7 +376,7 @@ TEST_DATA: list[PackagedFile | DebFile] = [
     ),
     # ELPV solar cells (CC BY-NC-SA 4.0, never committed) from the test split of
     # build_elpv.py: cell0001 defective (p=1), cell0009 functional (p=0). Fetching them
-    # leaves the dataset's wheel in CACHE/packages, which tests/test_elpv_real.py trains on.
+    # leaves the dataset's wheel in CACHE/packages, which tests/real/test_elpv.py trains on.
     *(
         PackagedFile("elpv-dataset==1.0.0.post1", f"elpv_dataset/data/images/{name}", digest)
         for name, digest in (
@@ -393,7 +393,7 @@ TEST_DATA: list[PackagedFile | DebFile] = [
             ("terrain2.png", "74edb8eb53871163"),
         )
     ),
-    # The Keras VGG16 ImageNet conv base: tests/test_vgg16_keras.py checks our torch copy of it.
+    # The Keras VGG16 ImageNet conv base: tests/real/test_vgg16_keras.py checks our torch copy.
     VGG16_KERAS_ONNX,
 ]
 

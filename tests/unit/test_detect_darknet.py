@@ -17,6 +17,7 @@ from scripts.export.darknet import (
     YoloHead,
     export_darknet,
     load_darknet_weights,
+    override_yolo_masks,
     parse_cfg,
     save_darknet_weights,
 )
@@ -191,3 +192,27 @@ def test_yolov4_tiny_features_route_groups_mish_scale_xy(tmp_path):
     raw[0, 0] = 2.0
     expected = (torch.sigmoid(torch.tensor(2.0)) * 1.05 - 0.025) * 8
     torch.testing.assert_close(head(raw)[0, 0, 0], expected)
+
+
+def test_yolo_masks_override_picks_the_anchors_each_head_decodes_with(tmp_path):
+    """The cfg's masks are 3,4,5 and 0,1,2; the override sets the second head to 1,2,3, as
+    pjreddie's yolov3-tiny.weights were trained, and the card says what changed."""
+    blocks = parse_cfg(TINY_CFG)
+    note = override_yolo_masks(blocks, [(3, 4, 5), (1, 2, 3)])
+    assert note == "[yolo] 1: mask 0,1,2 -> 1,2,3"
+    heads = [m for m in Darknet(blocks).blocks if isinstance(m, YoloHead)]
+    pairs = [(4, 5), (8, 10), (12, 14), (20, 24), (30, 28), (50, 60)]
+    assert heads[0].anchors.tolist() == [list(map(float, pairs[i])) for i in (3, 4, 5)]
+    assert heads[1].anchors.tolist() == [list(map(float, pairs[i])) for i in (1, 2, 3)]
+    assert override_yolo_masks(parse_cfg(TINY_CFG), [(3, 4, 5), (0, 1, 2)]) == "as in the cfg"
+    with pytest.raises(ValueError, match="1 masks for a cfg with 2"):
+        override_yolo_masks(parse_cfg(TINY_CFG), [(0, 1, 2)])
+
+    cfg, weights = tmp_path / "tiny.cfg", tmp_path / "tiny.weights"
+    cfg.write_text(TINY_CFG)
+    save_darknet_weights(randomized(seed=2), weights)
+    folder = export_darknet(
+        cfg, weights, name="m", labels=LABELS, out_dir=tmp_path, yolo_masks=[(3, 4, 5), (1, 2, 3)]
+    )
+    card = json.loads((folder / "model.json").read_text())
+    assert card["source"]["yolo_masks"] == "[yolo] 1: mask 0,1,2 -> 1,2,3"

@@ -97,12 +97,9 @@ class BuildLock:
         return self.holder() or {}
 
 
-def _build(m: DefaultModel) -> None:
-    """Build m into a staging folder under CACHE; only a finished build is renamed into the
-    cache (a failed or interrupted one is removed, so the cache never holds half a model)."""
-    # the key of the code that builds it, taken now: an edit during a 15-minute training must
-    # not file this build under the edited code's key
-    target = m.cached()
+def _build(m: DefaultModel, target: Path) -> None:
+    """Build m into a staging folder under CACHE; only a finished build is renamed into
+    `target` (a failed or interrupted one is removed, so the cache never holds half a model)."""
     print(f"building {m.name} (cached afterwards in {target})", flush=True)
     weights = [w.fetch() for w in m.weights]
     staging = Path(tempfile.mkdtemp(prefix="build-", dir=CACHE))
@@ -123,9 +120,9 @@ def _sigterm_to_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def install(model: DefaultModel, out_root: Path) -> None:
+def install(model: DefaultModel, out_root: Path, cached: Path | None = None) -> None:
     """Copy the cached build into out_root/<name>, replacing any older copy atomically."""
-    replace_dir(model.cached(), out_root / model.name)
+    replace_dir(cached or model.cached(), out_root / model.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # a typo would otherwise build nothing and report success
         parser.error(f"not a default model: {', '.join(unknown)} (defaults: {', '.join(names)})")
     chosen = [m for m in DEFAULTS if not args.only or m.name in args.only]
-    missing = [m for m in chosen if not (m.cached() / "model.onnx").is_file()]
+    # every key taken once, now: the code that builds a model is read from disk, and an edit
+    # during a 15-minute training must neither file that build under the edited code's key nor
+    # send the install after a folder that was never built
+    keys = {m.name: m.key() for m in chosen}
+    cached = {m.name: m.cached(keys[m.name]) for m in chosen}
+    missing = [m for m in chosen if not (cached[m.name] / "model.onnx").is_file()]
     if args.check:
         for m in missing:
             # serve.sh reads the note: an earlier run may still be training into its models/
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.skip_if_building
                 and holder is not None
                 and holder.get("out") == str(out)
-                and holder.get("key") == m.key()
+                and holder.get("key") == keys[m.name]
             ):
                 print(
                     f"{m.name}: already being built by pid {holder['pid']}, which installs it "
@@ -184,17 +186,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name}: waiting for {who} to finish building it ({lock.path})", flush=True)
             lock.acquire(block=True)
         try:
-            if (m.cached() / "model.onnx").is_file():
+            if (cached[m.name] / "model.onnx").is_file():
                 print(f"{m.name}: built meanwhile by another process; using the cache")
                 continue
-            lock.record(pid=os.getpid(), key=m.key(), out=str(out))
-            _build(m)
+            lock.record(pid=os.getpid(), key=keys[m.name], out=str(out))
+            _build(m, cached[m.name])
         finally:
             lock.release()
     for m in chosen:
         if m.name in left:
             continue
-        install(m, args.out)
+        install(m, args.out, cached[m.name])
         print(f"{m.name}: ready in {args.out / m.name}")
     if not args.no_test_data:
         fetch_test_data()

@@ -154,8 +154,9 @@ class DefaultModel:
             h.update(f"{w.package}/{w.member}/{w.sha256_prefix}".encode())
         return h.hexdigest()[:16]
 
-    def cached(self) -> Path:
-        return CACHE / "models" / f"{self.name}-{self.key()}"
+    def cached(self, key: str | None = None) -> Path:
+        """The cache folder of the build under `key` (default: the code's key now)."""
+        return CACHE / "models" / f"{self.name}-{key or self.key()}"
 
 
 def _build_mobilenet_v2(out_dir: Path, weights: list[Path]) -> None:

@@ -41,7 +41,8 @@ def test_recall_over_all_hand_boxes(results):
     print(
         f"recall@IoU0.5 at score 0.25: {recall:.3f} ({sum(f >= 0.5 for f in found)}/{len(found)})"
     )
-    assert recall >= 0.6
+    # 15/18 = 0.83 measured (11/18 before the 26x26 head got its trained anchors)
+    assert recall >= 0.8
 
 
 def test_dog_photo_in_detail(results):

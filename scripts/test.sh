@@ -32,6 +32,7 @@ trap 'scripts/postgres.sh stop' EXIT
 
 echo "==> ruff"
 .venv-train/bin/ruff check .
+.venv-train/bin/ruff format --check .  # Python and the Python blocks of the docs
 echo "==> mypy service client"
 .venv-train/bin/mypy service client/iis_client
 echo "==> hadolint (Dockerfile, deploy/Dockerfile.cuda)"

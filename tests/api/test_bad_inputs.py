@@ -50,12 +50,24 @@ BAD_CORPUS = [
     ("plain-text", b"hello, world\n" * 20, 400, "invalid_image"),
     ("random-bytes", np.random.default_rng(1).bytes(4096), 400, "invalid_image"),
     ("pdf", b"%PDF-1.7\n1 0 obj<<>>endobj\ntrailer<<>>", 415, "unsupported_media_type"),
-    ("svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', 415,
-     "unsupported_media_type"),
-    ("svg-xml", b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', 415,
-     "unsupported_media_type"),
-    ("html", b"<!DOCTYPE html><html><body><img src=x></body></html>", 415,
-     "unsupported_media_type"),
+    (
+        "svg",
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "svg-xml",
+        b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>',
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "html",
+        b"<!DOCTYPE html><html><body><img src=x></body></html>",
+        415,
+        "unsupported_media_type",
+    ),
     ("json", b'{"image": "base64..."}', 415, "unsupported_media_type"),
     ("zip", _zip(), 415, "unsupported_media_type"),
     ("gzip", gzip.compress(b"x" * 100), 415, "unsupported_media_type"),
@@ -109,8 +121,9 @@ def assert_serves(client: TestClient, endpoint: str) -> None:
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-@pytest.mark.parametrize(("kind", "data", "status", "code"), BAD_CORPUS,
-                         ids=[c[0] for c in BAD_CORPUS])
+@pytest.mark.parametrize(
+    ("kind", "data", "status", "code"), BAD_CORPUS, ids=[c[0] for c in BAD_CORPUS]
+)
 def test_bad_upload_gets_its_4xx(client, endpoint, kind, data, status, code):
     r = post(client, endpoint, data)
     assert r.status_code == status, (kind, r.text)

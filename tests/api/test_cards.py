@@ -86,8 +86,10 @@ def test_not_an_object():
 
 def test_the_task_picks_the_schema():
     assert isinstance(parse_card(CLASSIFY), ClassifyCard)
-    detect = changed("task", "detect") | {"postprocess": {"layout": "yolov8"},
-                                          "preprocess": {"resize": "letterbox", "size": [32, 32]}}
+    detect = changed("task", "detect") | {
+        "postprocess": {"layout": "yolov8"},
+        "preprocess": {"resize": "letterbox", "size": [32, 32]},
+    }
     card = parse_card(detect)
     assert isinstance(card, DetectCard) and card.postprocess.layout == "yolov8"
     with pytest.raises(CardError, match="postprocess.activation: is not a setting"):
@@ -132,6 +134,9 @@ def test_a_golden_file_that_unpacks_too_large_is_refused_before_inflating(
     x, expected = checks.load_golden(golden, loaded.card)
     assert x.shape == (1, 3, 32, 32) and set(expected) == {"logits"}
     monkeypatch.setattr(checks, "MAX_GOLDEN_UNPACKED", x.nbytes)  # input + outputs exceed it
-    with pytest.raises(CardError, match=r"golden: golden.npz is not a readable .npz: its arrays "
-                       r"unpack to \d+ bytes"):
+    with pytest.raises(
+        CardError,
+        match=r"golden: golden.npz is not a readable .npz: its arrays "
+        r"unpack to \d+ bytes",
+    ):
         checks.load_golden(golden, loaded.card)

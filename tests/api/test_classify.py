@@ -63,15 +63,35 @@ def assert_error(response, status: int, code: str, words: str = "") -> None:
     ("url", "kwargs", "status", "code", "words"),
     [
         ("/classify", {"data": {"image": "not a file"}}, 400, "invalid_request", "file upload"),
-        ("/classify", {"files": {"photo": ("a.png", b"x")}}, 400, "invalid_request",
-         "'image' is required"),
+        (
+            "/classify",
+            {"files": {"photo": ("a.png", b"x")}},
+            400,
+            "invalid_request",
+            "'image' is required",
+        ),
         ("/classify", {}, 400, "invalid_request", "'image' is required"),
-        ("/classify", {"files": {"image": ("a.txt", b"just text")}}, 400, "invalid_image",
-         "not a decodable image"),
-        ("/classify", {"files": {"image": ("a.svg", b"<svg></svg>")}}, 415,
-         "unsupported_media_type", "SVG"),
-        ("/classify", {"files": {"image": ("a.pdf", b"%PDF-1.4 ...")}}, 415,
-         "unsupported_media_type", "PDF"),
+        (
+            "/classify",
+            {"files": {"image": ("a.txt", b"just text")}},
+            400,
+            "invalid_image",
+            "not a decodable image",
+        ),
+        (
+            "/classify",
+            {"files": {"image": ("a.svg", b"<svg></svg>")}},
+            415,
+            "unsupported_media_type",
+            "SVG",
+        ),
+        (
+            "/classify",
+            {"files": {"image": ("a.pdf", b"%PDF-1.4 ...")}},
+            415,
+            "unsupported_media_type",
+            "PDF",
+        ),
         ("/classify?top_k=0", {}, 422, "invalid_parameter", "top_k"),
         ("/classify?top_k=101", {}, 422, "invalid_parameter", "top_k"),
         ("/classify?top_k=abc", {}, 422, "invalid_parameter", "top_k"),
@@ -101,8 +121,9 @@ def test_pixel_limit_is_413(tiny_classifier_dir):
     from tests.support.app import serve
 
     with serve(tiny_classifier_dir, max_pixels=1000) as client:
-        assert_error(post_image(client, encode(noise_image(40, 30), "PNG")), 413,
-                     "image_too_large", "40x30")
+        assert_error(
+            post_image(client, encode(noise_image(40, 30), "PNG")), 413, "image_too_large", "40x30"
+        )
         assert post_image(client, encode(noise_image(30, 30), "PNG")).status_code == 200
 
 
@@ -134,8 +155,12 @@ def test_readyz_is_503_without_models(tmp_path):
     with serve(tmp_path) as client:
         r = client.get("/readyz")
         assert r.status_code == 503 and r.headers["retry-after"] == "2"
-        assert_error(post_image(client, encode(noise_image(), "PNG")), 404, "model_not_found",
-                     "no classify model")
+        assert_error(
+            post_image(client, encode(noise_image(), "PNG")),
+            404,
+            "model_not_found",
+            "no classify model",
+        )
 
 
 def test_a_broken_model_is_reported_and_the_rest_serve(tiny_classifier_dir, tmp_path):
@@ -153,9 +178,14 @@ def test_a_broken_model_is_reported_and_the_rest_serve(tiny_classifier_dir, tmp_
         failed = client.get("/v1/models").json()["failed"]
         assert "model.onnx: onnxruntime cannot load it" in failed["broken@1"]
         # the client's request is fine; the model is not: 409, never a 5xx
-        assert_error(client.post("/classify?model=broken",
-                                 files={"image": ("a.png", encode(noise_image(), "PNG"))}),
-                     409, "model_failed", "failed to load")
+        assert_error(
+            client.post(
+                "/classify?model=broken", files={"image": ("a.png", encode(noise_image(), "PNG"))}
+            ),
+            409,
+            "model_failed",
+            "failed to load",
+        )
 
 
 def test_unknown_route_and_method_use_the_error_shape(classify_client):
@@ -191,8 +221,12 @@ def test_metrics_count_requests_errors_and_batches(classify_client):
     assert samples[("iis_batch_size_count", (("model", "tiny-cls"),))] >= 3
     assert samples[("iis_queue_depth", (("model", "tiny-cls"),))] == 0
     info = [k for k in samples if k[0] == "iis_model_info"]
-    assert info == [("iis_model_info", (("model", "tiny-cls"), ("provider", "CPUExecutionProvider"),
-                                        ("task", "classify")))]
+    assert info == [
+        (
+            "iis_model_info",
+            (("model", "tiny-cls"), ("provider", "CPUExecutionProvider"), ("task", "classify")),
+        )
+    ]
 
 
 def test_docs_work_offline(classify_client):

@@ -28,8 +28,13 @@ def test_no_server_errors(fuzz_client):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=30, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=30,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def no_5xx(case):  # type: ignore[no-untyped-def]
             response = fuzz_client.request(**case.as_transport_kwargs())
             seen.setdefault(case.path, []).append(response.status_code)

@@ -82,13 +82,22 @@ def card(shape: list[int | str], name: str = "input", **preprocess: object) -> M
     ("model", "max_batch", "expected"),
     [
         (card(["batch", 3, 224, 224]), 8, ("input:1x3x224x224", "input:8x3x224x224")),
-        (card(["N", 3, 112, 96], name="data", size=(112, 96)), 4,
-         ("data:1x3x112x96", "data:4x3x112x96")),
+        (
+            card(["N", 3, 112, 96], name="data", size=(112, 96)),
+            4,
+            ("data:1x3x112x96", "data:4x3x112x96"),
+        ),
         # symbolic H/W in the graph, but the card always feeds 320x256
-        (card(["batch", 3, "h", "w"], size=(320, 256)), 2,
-         ("input:1x3x320x256", "input:2x3x320x256")),
-        (card(["batch", 416, 416, 3], size=(416, 416), layout="NHWC"), 16,
-         ("input:1x416x416x3", "input:16x416x416x3")),
+        (
+            card(["batch", 3, "h", "w"], size=(320, 256)),
+            2,
+            ("input:1x3x320x256", "input:2x3x320x256"),
+        ),
+        (
+            card(["batch", 416, 416, 3], size=(416, 416), layout="NHWC"),
+            16,
+            ("input:1x416x416x3", "input:16x416x416x3"),
+        ),
         (card([1, 3, 640, 640], size=(640, 640)), 8, None),  # static: nothing to profile
         (card([1, 3, "height", "width"], resize="none-in-graph", size=None), 1, None),  # Mask R-CNN
         (card(["batch", 3, "height", "width"], resize="none-in-graph", size=None), 8, None),

@@ -43,8 +43,11 @@ def test_choose_providers(device, available, driver, trt, expected):
 def test_pick_defaults_prefers_named_models_then_first_by_name():
     from types import SimpleNamespace as NS
 
-    cards = [NS(name="b-cls", task="classify"), NS(name="a-cls", task="classify"),
-             NS(name="yolo", task="detect")]
+    cards = [
+        NS(name="b-cls", task="classify"),
+        NS(name="a-cls", task="classify"),
+        NS(name="yolo", task="detect"),
+    ]
     assert pick_defaults(cards, []) == {"classify": "a-cls", "detect": "yolo"}  # type: ignore[arg-type]
     assert pick_defaults(cards, ["b-cls"])["classify"] == "b-cls"  # type: ignore[arg-type]
 
@@ -153,9 +156,7 @@ def test_finish_runs_per_request_in_the_batch_thread_and_fails_alone():
 
     async def scenario() -> list[object]:
         batcher.start()
-        calls = [
-            batcher.submit(np.full((1, 2, 2), i, np.float32), finish=finish) for i in range(4)
-        ]
+        calls = [batcher.submit(np.full((1, 2, 2), i, np.float32), finish=finish) for i in range(4)]
         results = await asyncio.gather(*calls, return_exceptions=True)
         await batcher.close()
         return results
@@ -183,8 +184,7 @@ def test_a_full_batch_waits_in_the_model_thread_not_on_the_event_loop():
     async def scenario() -> list[int]:
         batcher.start()
         calls = [
-            asyncio.ensure_future(batcher.submit(np.full((1, 2), i, np.float32)))
-            for i in range(8)
+            asyncio.ensure_future(batcher.submit(np.full((1, 2), i, np.float32))) for i in range(8)
         ]
         while not spans and batcher.batches_run == 0 and batcher.depth:
             await asyncio.sleep(0.001)
@@ -260,8 +260,9 @@ with serve(Path({str(tiny_classifier_dir)!r})) as client:
 assert "torchvision" not in sys.modules
 print("ok")
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
 

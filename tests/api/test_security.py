@@ -17,8 +17,9 @@ KEYS = ["k-one-0123456789", "k-two-abcdefghij"]
 
 
 def classify(client, **headers):
-    return client.post("/classify", headers=headers,
-                       files={"image": ("a.png", encode(noise_image(), "PNG"))})
+    return client.post(
+        "/classify", headers=headers, files={"image": ("a.png", encode(noise_image(), "PNG"))}
+    )
 
 
 @pytest.fixture
@@ -70,21 +71,31 @@ def test_keys_are_never_logged(tiny_classifier_dir, caplog):
 
 
 def test_cors_off_by_default(classify_client):
-    r = classify_client.options("/classify", headers={
-        "Origin": "https://example.com", "Access-Control-Request-Method": "POST"})
+    r = classify_client.options(
+        "/classify",
+        headers={"Origin": "https://example.com", "Access-Control-Request-Method": "POST"},
+    )
     assert "access-control-allow-origin" not in r.headers
 
 
 def test_cors_allows_configured_origins_only(tiny_classifier_dir):
-    with serve(tiny_classifier_dir, cors_origins=["https://app.example.com"],
-               api_keys=KEYS) as client:
-        pre = client.options("/classify", headers={
-            "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "X-API-Key"})
+    with serve(
+        tiny_classifier_dir, cors_origins=["https://app.example.com"], api_keys=KEYS
+    ) as client:
+        pre = client.options(
+            "/classify",
+            headers={
+                "Origin": "https://app.example.com",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "X-API-Key",
+            },
+        )
         assert pre.status_code == 200
         assert pre.headers["access-control-allow-origin"] == "https://app.example.com"
-        other = client.options("/classify", headers={
-            "Origin": "https://evil.example.net", "Access-Control-Request-Method": "POST"})
+        other = client.options(
+            "/classify",
+            headers={"Origin": "https://evil.example.net", "Access-Control-Request-Method": "POST"},
+        )
         assert other.headers.get("access-control-allow-origin") != "https://evil.example.net"
 
 

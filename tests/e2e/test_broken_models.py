@@ -439,8 +439,10 @@ CASES = [
             r"model\.onnx: onnxruntime cannot load it: .*External data path escapes model "
             r"directory.*"
         ),
-        both(write("model.onnx", external_data_onnx("../../../../etc/hostname")),
-             edit_card(_no_golden)),  # fmt: skip
+        both(
+            write("model.onnx", external_data_onnx("../../../../etc/hostname")),
+            edit_card(_no_golden),
+        ),  # fmt: skip
     ),
     Case(
         "bad-external-data-absolute",

@@ -36,8 +36,9 @@ def test_real_photo_over_a_socket(tiny_server: str):
 def test_default_classifier_sees_a_cat(default_models: Path):
     photo = encode(Image.fromarray(skimage.data.chelsea()), "JPEG", quality=90)
     for url in start_server(default_models, IIS_DEFAULT_MODELS="mobilenet_v2-imagenet"):
-        r = httpx.post(f"{url}/classify", files={"image": ("chelsea.jpg", photo, "image/jpeg")},
-                       timeout=30)
+        r = httpx.post(
+            f"{url}/classify", files={"image": ("chelsea.jpg", photo, "image/jpeg")}, timeout=30
+        )
         assert r.status_code == 200, r.text
         predictions = r.json()["predictions"]
         labels = [p["label"] for p in predictions]

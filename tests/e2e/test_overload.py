@@ -24,22 +24,36 @@ def slow_model_dir(tmp_path_factory) -> Path:
     """A classifier that takes tens of milliseconds per image, so a burst really queues."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 2),
     )
     out = tmp_path_factory.mktemp("slow")
-    export_classifier(model, name="slow", labels=["a", "b"], out_dir=out,
-                      preprocess={"resize": "stretch", "size": [256, 256]})
+    export_classifier(
+        model,
+        name="slow",
+        labels=["a", "b"],
+        out_dir=out,
+        preprocess={"resize": "stretch", "size": [256, 256]},
+    )
     return out
 
 
 @pytest.mark.e2e
 def test_burst_is_shed_not_queued(slow_model_dir):
     image = encode(noise_image(64, 64), "PNG")
-    env = {"IIS_MAX_QUEUE": "2", "IIS_MAX_BATCH": "1", "IIS_REQUEST_TIMEOUT_S": str(DEADLINE_S),
-           "IIS_INTRA_OP_THREADS": "1"}
+    env = {
+        "IIS_MAX_QUEUE": "2",
+        "IIS_MAX_BATCH": "1",
+        "IIS_REQUEST_TIMEOUT_S": str(DEADLINE_S),
+        "IIS_INTRA_OP_THREADS": "1",
+    }
     for url in start_server(slow_model_dir, **env):
 
         async def one(client: httpx.AsyncClient) -> tuple[int, float, dict, dict]:

@@ -57,8 +57,13 @@ def start_server(models_dir: Path, **env: str) -> Iterator[str]:
     """uvicorn in its own process on a free loopback port; yields its URL once /readyz is 200
     and stops it with SIGINT (as a container stop would) afterwards."""
     port = free_port()
-    environment = os.environ | {"IIS_MODELS_DIR": str(models_dir), "IIS_PORT": str(port),
-                                "IIS_HOST": "127.0.0.1", "IIS_LOG_LEVEL": "warning", **env}
+    environment = os.environ | {
+        "IIS_MODELS_DIR": str(models_dir),
+        "IIS_PORT": str(port),
+        "IIS_HOST": "127.0.0.1",
+        "IIS_LOG_LEVEL": "warning",
+        **env,
+    }
     # a file, not a pipe: a pipe nobody reads fills up and blocks a server that logs a lot
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environment,

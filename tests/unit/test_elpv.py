@@ -17,8 +17,6 @@ from scripts.recipes import elpv_data as elpv
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, shared CPU
 
 
-
-
 @pytest.mark.parametrize(
     ("row", "split"),
     [(0, "test"), (4, "test"), (2620, "test"), (2, "val"), (10, "val"), (6, "train")]

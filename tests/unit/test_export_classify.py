@@ -17,10 +17,16 @@ from service.cards import read_card
 def test_export_parity_and_card(tmp_path, arch, head):
     torch.manual_seed(0)
     model = build_classifier(arch, 4, head=head, hidden=16 if head == "gap" else 0).eval()
-    pre = {"resize": "crop", "resize_short": 72, "size": [64, 64],
-           "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    folder = export_classifier(model, name="m", labels=list("abcd"), out_dir=tmp_path,
-                               preprocess=pre)
+    pre = {
+        "resize": "crop",
+        "resize_short": 72,
+        "size": [64, 64],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+    folder = export_classifier(
+        model, name="m", labels=list("abcd"), out_dir=tmp_path, preprocess=pre
+    )
     loaded = read_card(folder)
     assert loaded.card.task == "classify" and loaded.card.labels == list("abcd")
     assert loaded.card.preprocess.size == (64, 64)
@@ -40,8 +46,13 @@ def test_export_parity_and_card(tmp_path, arch, head):
 def test_wrong_label_count_is_refused(tmp_path):
     model = build_classifier("mobilenet_v2", 3)
     with pytest.raises(ValueError, match="2 labels for a model with 3 outputs"):
-        export_classifier(model, name="m", labels=["a", "b"], out_dir=tmp_path,
-                          preprocess={"resize": "stretch", "size": [32, 32]})
+        export_classifier(
+            model,
+            name="m",
+            labels=["a", "b"],
+            out_dir=tmp_path,
+            preprocess={"resize": "stretch", "size": [32, 32]},
+        )
     assert not (tmp_path / "m").exists()
 
 
@@ -56,8 +67,9 @@ def test_failed_export_keeps_the_previous_model(tmp_path):
             return torch.zeros(x.shape[0], 2) + float(torch.rand(()))  # differs run to run
 
     with pytest.raises(RuntimeError, match="differs from torch"):
-        export_classifier(Broken(), name="m", labels=["a", "b"], out_dir=tmp_path,
-                          preprocess=pre, tolerance=0.0)
+        export_classifier(
+            Broken(), name="m", labels=["a", "b"], out_dir=tmp_path, preprocess=pre, tolerance=0.0
+        )
     assert (tmp_path / "m" / "model.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp folders left
 
@@ -67,14 +79,33 @@ def test_cli_exports_a_finetune_style_checkpoint(tmp_path):
 
     torch.manual_seed(0)
     model = build_classifier("resnet18", 2, head="gap")
-    ckpt = {"arch": "resnet18", "labels": ["cat", "dog"], "head": {"type": "gap", "hidden": 0},
-            "preprocess": {"resize": "crop", "resize_short": 40, "size": [32, 32],
-                           "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-            "state_dict": model.state_dict(), "source": {"training_data": "unit test"}}
+    ckpt = {
+        "arch": "resnet18",
+        "labels": ["cat", "dog"],
+        "head": {"type": "gap", "hidden": 0},
+        "preprocess": {
+            "resize": "crop",
+            "resize_short": 40,
+            "size": [32, 32],
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+        },
+        "state_dict": model.state_dict(),
+        "source": {"training_data": "unit test"},
+    }
     torch.save(ckpt, tmp_path / "best.pt")
     assert load_checkpoint(tmp_path / "best.pt")["arch"] == "resnet18"
-    main(["classify", "--checkpoint", str(tmp_path / "best.pt"), "--name", "pets",
-          "--out", str(tmp_path / "models")])
+    main(
+        [
+            "classify",
+            "--checkpoint",
+            str(tmp_path / "best.pt"),
+            "--name",
+            "pets",
+            "--out",
+            str(tmp_path / "models"),
+        ]
+    )
     card = json.loads((tmp_path / "models" / "pets" / "model.json").read_text())
     assert card["labels"] == ["cat", "dog"]
     assert card["preprocess"]["size"] == [32, 32]

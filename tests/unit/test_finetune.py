@@ -22,8 +22,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models, shared 
 _models: dict[str, nn.Module] = {}
 
 
-
-
 def gap_model(arch: str) -> nn.Module:
     """One random GapClassifier per arch for the whole module (VGG16 takes ~1 s to build)."""
     if arch not in _models:

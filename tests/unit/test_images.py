@@ -30,12 +30,18 @@ BUDGET = 40_000_000
         # palette, with and without transparency
         (encode(Image.new("RGB", (6, 6), (0, 0, 255)).convert("P"), "PNG"), (6, 6), (0, 0, 255)),
         (encode(Image.new("RGBA", (6, 6), (0, 0, 0, 0)), "PNG"), (6, 6), (255, 255, 255)),
-        (encode(Image.new("RGBA", (6, 6), (200, 0, 0, 255)), "WEBP", lossless=True), (6, 6),
-         (200, 0, 0)),
+        (
+            encode(Image.new("RGBA", (6, 6), (200, 0, 0, 255)), "WEBP", lossless=True),
+            (6, 6),
+            (200, 0, 0),
+        ),
         (encode(Image.new("LA", (3, 3), (100, 0)), "PNG"), (3, 3), (255, 255, 255)),
         # CMYK JPEG: pure cyan is (0, 255, 255) in RGB
-        (encode(Image.new("CMYK", (16, 16), (255, 0, 0, 0)), "JPEG", quality=100), (16, 16),
-         (0, 255, 255)),
+        (
+            encode(Image.new("CMYK", (16, 16), (255, 0, 0, 0)), "JPEG", quality=100),
+            (16, 16),
+            (0, 255, 255),
+        ),
         (encode(Image.new("CMYK", (4, 4), (0, 0, 0, 0)), "TIFF"), (4, 4), (255, 255, 255)),
         # 16-bit greyscale is scaled, not clipped: 65535 -> 255, 32896 -> 128
         (sixteen_bit_png(65535), (5, 6), (255, 255, 255)),
@@ -45,8 +51,22 @@ BUDGET = 40_000_000
         (encode(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"), (1, 1), (1, 2, 3)),
         (encode(Image.new("RGB", (4, 4000), (9, 9, 9)), "PNG"), (4, 4000), (9, 9, 9)),
     ],
-    ids=["rgb", "grey", "1bit-bmp", "palette", "transparent", "webp-alpha", "LA", "cmyk-jpeg",
-         "cmyk-tiff", "16bit-max", "16bit-mid", "gif-first-frame", "1x1", "4x4000"],
+    ids=[
+        "rgb",
+        "grey",
+        "1bit-bmp",
+        "palette",
+        "transparent",
+        "webp-alpha",
+        "LA",
+        "cmyk-jpeg",
+        "cmyk-tiff",
+        "16bit-max",
+        "16bit-mid",
+        "gif-first-frame",
+        "1x1",
+        "4x4000",
+    ],
 )
 def test_decodes_odd_valid_images_to_rgb(data, size, centre_rgb):
     image = decode(data, max_pixels=BUDGET)
@@ -81,8 +101,11 @@ def test_exif_orientation_is_applied(orientation, size, left_colour):
         (b"", InvalidImage, "empty"),
         (b"hello, world" * 10, InvalidImage, "not a decodable image"),
         (b"%PDF-1.7\n1 0 obj<<>>endobj", UnsupportedMediaType, "PDF"),
-        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', UnsupportedMediaType,
-         "SVG"),
+        (
+            b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>',
+            UnsupportedMediaType,
+            "SVG",
+        ),
         (b"<svg width='10' height='10'></svg>", UnsupportedMediaType, "SVG"),
         (b"<!DOCTYPE html><html><body>hi</body></html>", UnsupportedMediaType, "HTML"),
         (encode(noise_image(8, 8), "ICO"), UnsupportedMediaType, "ICO"),
@@ -92,8 +115,20 @@ def test_exif_orientation_is_applied(orientation, size, left_colour):
         (png_header_only(7000, 6000), ImageTooLarge, "the limit is 40 megapixels"),
         (png_header_only(0, 10), InvalidImage, ""),
     ],
-    ids=["empty", "text", "pdf", "svg-xml", "svg", "html", "ico", "truncated-jpeg",
-         "truncated-png", "bomb-header", "over-budget", "zero-width"],
+    ids=[
+        "empty",
+        "text",
+        "pdf",
+        "svg-xml",
+        "svg",
+        "html",
+        "ico",
+        "truncated-jpeg",
+        "truncated-png",
+        "bomb-header",
+        "over-budget",
+        "zero-width",
+    ],
 )
 def test_bad_uploads_raise_named_errors(data, error, words):
     with pytest.raises(error) as info:

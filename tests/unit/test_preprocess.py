@@ -29,13 +29,15 @@ def decoded(img: Image.Image) -> DecodedImage:
 
 
 def torchvision_reference(img: Image.Image) -> np.ndarray:
-    pipeline = T.Compose([
-        T.Resize(256, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-        T.CenterCrop(224),
-        T.PILToTensor(),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(IMAGENET.mean, IMAGENET.std),
-    ])
+    pipeline = T.Compose(
+        [
+            T.Resize(256, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+            T.CenterCrop(224),
+            T.PILToTensor(),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(IMAGENET.mean, IMAGENET.std),
+        ]
+    )
     return pipeline(img).numpy()
 
 
@@ -45,8 +47,10 @@ def test_crop_matches_torchvision_resize_then_centre_crop(size):
     w, h = size
     x = np.linspace(0, 255, w)[None, :, None]
     y = np.linspace(0, 255, h)[:, None, None]
-    arr = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
-                          np.full((h, w, 1), 128.0)], axis=2).astype(np.uint8)
+    arr = np.concatenate(
+        [np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)), np.full((h, w, 1), 128.0)],
+        axis=2,
+    ).astype(np.uint8)
     img = Image.fromarray(arr)
     batch, _ = to_batch([decoded(img)], IMAGENET)
     assert batch.shape == (1, 3, 224, 224) and batch.dtype == np.float32
@@ -72,8 +76,7 @@ def test_extreme_strip_does_not_build_a_huge_intermediate():
     ],
 )
 def test_channel_order_and_caffe_style_means(spec_kw, expected_rgb_first):
-    spec = Preprocess(resize="stretch", size=(4, 4), scale=1.0,
-                      mean=(10.0, 20.0, 30.0), **spec_kw)
+    spec = Preprocess(resize="stretch", size=(4, 4), scale=1.0, mean=(10.0, 20.0, 30.0), **spec_kw)
     batch, _ = to_batch([decoded(Image.new("RGB", (8, 8), (100, 150, 200)))], spec)
     got = batch[0, :, 0, 0]
     if expected_rgb_first:

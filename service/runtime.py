@@ -383,8 +383,8 @@ def load_model(loaded: LoadedCard, settings: Settings, version: int | None = Non
     options.inter_op_num_threads = settings.inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Spinning intra-op threads keep a core busy between runs: the event loop and the decode
-    # threads then wait for CPU, which costs more than the wake-up it saves (see README,
-    # Performance).
+    # threads then wait for CPU, which costs more than the wake-up it saves (see the docs,
+    # performance/index.md).
     options.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if settings.ort_spinning else "0"
     )

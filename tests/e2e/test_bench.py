@@ -2,7 +2,7 @@
 
 The run starts every server over real loopback sockets with the tiny classifier and checks the
 report's shape and that all stacks give the same answer. It asserts nothing about speed:
-performance targets are judged by the full benchmark (README, Performance), never by tests."""
+performance targets are judged by the full benchmark (docs/performance/index.md), never by tests."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 `vgg16-elpv` trained from the real VGG16 weights by build-elpv --quick, then served.
 
 The full model (python -m scripts build-elpv, ~8 minutes on 2 CPU cores with bf16) is not built
-here; its test figures are in its card and the README."""
+here; its test figures are in its card and docs/fine-tuning/elpv.md."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def test_enrol_identify_delete_real_photos(client: TestClient, testdata: Path) -
     (face,) = answer["faces"]
     assert face["subject"] == "obama"
     assert [m["subject"] for m in face["matches"]] == ["obama", "biden"]
-    # obama3 against obama.jpg is 0.784 in the README's verification table (its best face)
+    # obama3 against obama.jpg: 0.784 in the verification table of docs/api/rest.md (best face)
     assert face["matches"][0]["similarity"] == pytest.approx(0.784, abs=0.01)
     assert answer["threshold"] == 0.363 and "card of sface-2021dec@1" in answer["threshold_source"]
     assert answer["enrolled_faces"] == 3 and answer["model"] == "sface-2021dec"

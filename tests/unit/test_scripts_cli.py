@@ -54,3 +54,11 @@ def test_unknown_command_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
         main(["no-such-command"])
     assert exited.value.code == 2
     assert "build-models" in capsys.readouterr().err  # the error lists the choices
+
+
+def test_the_docs_list_every_command() -> None:
+    """docs/development.md's command table names exactly the entry point's commands."""
+    text = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    table = text.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    listed = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+    assert listed == set(COMMANDS)

@@ -74,6 +74,7 @@ class _Pending:
 class _Ran:
     """What the batcher's thread hands back: the run, and each request's rows and answer."""
 
+    began: float  # perf_counter when the thread took the batch: a request's queue time ends
     rows: int
     run_s: float
     parts: list[tuple[list[np.ndarray], Any, float]]  # outputs, answer (or exception), ms
@@ -273,16 +274,13 @@ class MicroBatcher:
                 self._release_slot(from_loop=True)
                 continue
             # Hand the batch to the model's thread now, not from a task that starts later.
-            started = time.perf_counter()
             work = [(p.tensor, p.finish, p.future.done) for p in live]
             running = loop.run_in_executor(self._executor, self._run_in_thread, work)
-            task = loop.create_task(self._deliver(live, started, running))
+            task = loop.create_task(self._deliver(live, running))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    async def _deliver(
-        self, live: list[_Pending], started: float, running: asyncio.Future[_Ran]
-    ) -> None:
+    async def _deliver(self, live: list[_Pending], running: asyncio.Future[_Ran]) -> None:
         try:
             ran = await running
         except Exception as exc:  # deliver the failure to every waiter, keep serving
@@ -297,7 +295,9 @@ class MicroBatcher:
             # the event loop sends these.
             self._release_slot(from_loop=True)
         if ran.rows:
-            self._ran(ran.rows, ran.run_s, [started - p.enqueued for p in live])
+            # queued until the thread took the batch: a full batch may have waited there behind
+            # the running one (_acquire_slot grants one slot more than the model has threads)
+            self._ran(ran.rows, ran.run_s, [ran.began - p.enqueued for p in live])
         for p, (outputs, answer, finish_ms) in zip(live, ran.parts, strict=True):
             if p.future.done() or answer is _DROPPED:
                 continue
@@ -307,7 +307,7 @@ class MicroBatcher:
             p.future.set_result(
                 BatchResult(
                     outputs=outputs,
-                    queue_ms=(started - p.enqueued) * 1000,
+                    queue_ms=(ran.began - p.enqueued) * 1000,
                     run_ms=ran.run_s * 1000,
                     batch_size=ran.rows,
                     answer=answer,
@@ -320,10 +320,11 @@ class MicroBatcher:
         split, and run each request's `finish` on its rows. A request whose caller has gone
         (past its deadline, or disconnected) while the batch waited for this thread is left
         out: its rows are never run."""
+        began = time.perf_counter()
         dropped = [done() for _, _, done in work]
         tensors = [tensor for (tensor, _, _), gone in zip(work, dropped, strict=True) if not gone]
         if not tensors:
-            return _Ran(0, 0.0, [([], _DROPPED, 0.0) for _ in work])
+            return _Ran(began, 0, 0.0, [([], _DROPPED, 0.0) for _ in work])
         stacked = tensors[0] if len(tensors) == 1 else stack_rows(tensors)
         started = time.perf_counter()
         outputs = list(self._run(stacked))
@@ -345,7 +346,7 @@ class MicroBatcher:
                 except Exception as exc:  # this request's failure, not the batch's
                     answer = exc
             parts.append((rows, answer, (time.perf_counter() - t0) * 1000))
-        return _Ran(stacked.shape[0], run_s, parts)
+        return _Ran(began, stacked.shape[0], run_s, parts)
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Stop taking work, let queued requests finish (up to drain_timeout), then stop."""

@@ -120,9 +120,9 @@ def _sigterm_to_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def install(model: DefaultModel, out_root: Path, cached: Path | None = None) -> None:
+def install(model: DefaultModel, cached: Path, out_root: Path) -> None:
     """Copy the cached build into out_root/<name>, replacing any older copy atomically."""
-    replace_dir(cached or model.cached(), out_root / model.name)
+    replace_dir(cached, out_root / model.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in chosen:
         if m.name in left:
             continue
-        install(m, args.out, cached[m.name])
+        install(m, cached[m.name], args.out)
         print(f"{m.name}: ready in {args.out / m.name}")
     if not args.no_test_data:
         fetch_test_data()

@@ -83,10 +83,8 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def real_server(default_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    # its own gallery database, not data/ of the checkout
-    data = tmp_path_factory.mktemp("data")
-    yield from start_server(default_models, IIS_DATA_DIR=str(data))
+def real_server(default_models: Path) -> Iterator[str]:
+    yield from start_server(default_models)  # with its own gallery database (start_server)
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.app import start_server
+from tests.support.app import ROOT, start_server
 
-ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 RUNNABLE = {"bash", "sh", "console", "python"}
 MARKER = re.compile(r"^#\s*not run by the tests:\s*(\S.*)$")
@@ -136,11 +135,11 @@ def test_readme_is_a_front_door():
 
 
 @pytest.fixture(scope="module")
-def live_url(default_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live_url(default_models: Path) -> Iterator[str]:
     """`python -m service` over the default models on a free loopback port, galleries in a
-    temp folder, the model set fixed (`none`: no example may write into models/)."""
-    gallery = tmp_path_factory.mktemp("gallery")
-    yield from start_server(default_models, IIS_DATA_DIR=str(gallery), IIS_MODEL_CONTROL="none")
+    temp folder (start_server's), the model set fixed (`none`: no example may write into
+    models/)."""
+    yield from start_server(default_models, IIS_MODEL_CONTROL="none")
 
 
 @pytest.fixture(scope="module")

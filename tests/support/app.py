@@ -57,11 +57,14 @@ def start_server(models_dir: Path, **env: str) -> Iterator[str]:
     """uvicorn in its own process on a free loopback port; yields its URL once /readyz is 200
     and stops it with SIGINT (as a container stop would) afterwards."""
     port = free_port()
+    # a fresh face-gallery database per server (as settings_for), never the checkout's data/
+    data = tempfile.TemporaryDirectory(prefix="iis-data-")
     environment = os.environ | {
         "IIS_MODELS_DIR": str(models_dir),
         "IIS_PORT": str(port),
         "IIS_HOST": "127.0.0.1",
         "IIS_LOG_LEVEL": "warning",
+        "IIS_DATA_DIR": data.name,
         **env,
     }
     # a file, not a pipe: a pipe nobody reads fills up and blocks a server that logs a lot
@@ -81,6 +84,7 @@ def start_server(models_dir: Path, **env: str) -> Iterator[str]:
             pytest.fail("server did not shut down within 20 s of SIGINT")
         finally:
             log.close()
+            data.cleanup()
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log: IO[bytes], seconds: float) -> None:

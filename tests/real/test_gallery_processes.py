@@ -78,11 +78,14 @@ def test_sigkill_mid_enrolment_keeps_every_answered_face(
 
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(stream) for _ in range(4)]
-            while len(answered) < 8:
-                assert not any(f.done() for f in futures), [f.result() for f in futures]
-                stop.wait(0.05)
-            server.kill()  # in the middle: 4 enrolments in flight
-            stop.set()
+            try:
+                while len(answered) < 8:
+                    ended = [f.exception() for f in futures if f.done()]
+                    assert not ended, ended
+                    stop.wait(0.05)
+                server.kill()  # in the middle: 4 enrolments in flight
+            finally:
+                stop.set()  # else a failed assertion leaves the streams enrolling forever
             for f in futures:
                 f.result()
     finally:

@@ -7,7 +7,7 @@ needs (unit < api < e2e), or in real/ when every one of them needs the default m
 - api/: the app in-process, `with TestClient(app)` (tests.support.app.serve), tiny models.
 - e2e/: the service over a real socket: `python -m service` (tests.support.app.start_server) or
   a peer stack in a subprocess, driven by HTTP clients or a browser.
-- real/: every test needs the default models and real photos (scripts/build_models.py); the
+- real/: every test needs the default models and real photos (python -m scripts build-models); the
   module is marked `real_weights`. A test elsewhere that needs them carries the marker itself.
 
 A module is named `test_<area>[_<aspect>].py`, area first (the endpoint, service module or

@@ -45,7 +45,7 @@ class TinyYuNet(nn.Module):
 
 def export_tiny_faces(out: Path) -> Path:
     """`tiny-facedet` (TinyYuNet, packaged as the YuNet detector is) and `tiny-faceemb` (a small
-    random tower) in `out`, written by scripts/exporters/faces.py."""
+    random tower) in `out`, written by scripts/export/faces.py."""
     data = to_onnx_bytes(
         TinyYuNet(), torch.zeros(1, 3, 640, 640), input_name="input", output_names=OUTPUTS
     )

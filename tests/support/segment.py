@@ -33,7 +33,7 @@ def tiny_maskrcnn():
 
 
 def export_tiny_segmenter(out: Path) -> Path:
-    """`tiny-seg` in `out`, written by scripts/exporters/segment.py (its parity check included)."""
+    """`tiny-seg` in `out`, written by scripts/export/maskrcnn.py (its parity check included)."""
     from scripts.export.maskrcnn import export_segmenter
 
     model, cfg = tiny_maskrcnn()

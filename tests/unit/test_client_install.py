@@ -19,9 +19,8 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = next(
-    p for p in Path(__file__).resolve().parents if (p / "client" / "pyproject.toml").is_file()
-)
+from tests.support.app import ROOT
+
 CLIENT = "image-inference-client"
 SERVER_ONLY = {"onnxruntime", "onnxruntime-gpu", "fastapi", "uvicorn", "starlette", "torch",
                "torchvision", "sqlalchemy", "alembic", "psycopg", "prometheus-client"}  # fmt: skip

@@ -9,7 +9,9 @@ set -euo pipefail
 DIR=${IIS_PG_DIR:-/tmp/iis-postgres-$(id -u)}
 PORT=${IIS_PG_PORT:-55432}
 
-pgbin() { find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -1; }
+# `|| true`: without /usr/lib/postgresql find fails, and pipefail + set -e would end the script
+# here, silently, before it could install PostgreSQL
+pgbin() { { find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null || true; } | sort -V | tail -1; }
 BIN=$(pgbin)
 if [ -z "$BIN" ] || [ ! -x "$BIN/pg_ctl" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

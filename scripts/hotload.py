@@ -30,13 +30,12 @@ from urllib.parse import quote
 
 import httpx2
 
+from iis_client.client import DEFAULT_URL  # the iis command's default; IIS_URL overrides it
 from service.cards import CARD_FILE, GOLDEN_FILE, ONNX_FILE
 
 # The service's default IIS_MAX_UPLOAD_BYTES (service/settings.py). Read from the environment at
 # call time so that whoever raised it on their server can raise it here the same way.
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-# as the iis command (client/iis_client/cli.py): IIS_URL overrides it
-DEFAULT_URL = "http://127.0.0.1:8000"
 # The files a load request carries besides the card, in the order they are sent.
 FILES = (ONNX_FILE, GOLDEN_FILE)
 

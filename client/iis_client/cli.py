@@ -21,12 +21,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import httpx2
 from pydantic import BaseModel
 
 from iis_client.client import DEFAULT_URL, ApiError, AsyncClient, Client, RetryPolicy
+from iis_client.params import FaceMetric, MaskFormat, TilingMode
 from iis_client.schemas import (
     ClassifyResponse,
     DetectResponse,
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     boxes.add_argument("--max-detections", type=int)
     boxes.add_argument("--classes", help="comma list of labels or class ids")
     boxes.add_argument(
-        "--tiling", choices=["off", "on", "auto"], help="also run overlapping tiles (small objects)"
+        "--tiling", choices=get_args(TilingMode), help="also run overlapping tiles (small objects)"
     )
     boxes.add_argument("--tile-size", type=int, help="tile side in photo pixels")
     boxes.add_argument("--tile-overlap", type=float, help="fraction of a tile shared, 0..0.75")
@@ -300,12 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("detect", parents=[common, images, boxes], help="labelled boxes")
     seg = sub.add_parser("segment", parents=[common, images, boxes], help="instance masks")
     seg.add_argument("--mask-threshold", type=float)
-    seg.add_argument("--mask-format", choices=["rle", "polygon", "png"])
+    seg.add_argument("--mask-format", choices=get_args(MaskFormat))
     ver = sub.add_parser("verify-faces", parents=[common], help="same person in two photos?")
     ver.add_argument("a", type=Path)
     ver.add_argument("b", type=Path)
     ver.add_argument("--threshold", type=float)
-    ver.add_argument("--metric", choices=["cosine", "euclidean"])
+    ver.add_argument("--metric", choices=get_args(FaceMetric))
     ver.add_argument("--model")
     ver.add_argument("--detector")
     ver.add_argument("--draw", type=Path, metavar="DIR", help="save both photos annotated")

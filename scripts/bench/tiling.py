@@ -118,13 +118,12 @@ def cost(client: Any, requests: int) -> list[dict[str, Any]]:
 
 def segment(client: Any, folder: Path, scale: int, limit: int) -> dict[str, Any]:
     import numpy as np
-    import pycocotools.mask as coco_mask
     from PIL import Image
 
     from scripts.recipes.shapes import make_split, splits
     from scripts.train.segmentation.data import CocoInstances, load_coco
     from scripts.train.segmentation.evaluate import match as match_masks
-    from service.masks import BoxMask
+    from service.masks import BoxMask, decode_rle
     from service.tasks.segment import Instances
 
     card = json.loads((folder / "model.json").read_text())
@@ -154,7 +153,7 @@ def segment(client: Any, folder: Path, scale: int, limit: int) -> dict[str, Any]
                 # back to the unscaled image: the centre pixel of each factor x factor block
                 masks = [
                     BoxMask.from_full(
-                        coco_mask.decode(f["mask"])[factor // 2 :: factor, factor // 2 :: factor]
+                        decode_rle(f["mask"])[factor // 2 :: factor, factor // 2 :: factor]
                     )
                     for f in found
                 ]

@@ -60,7 +60,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, help="last.pt to continue from")
     p.add_argument("--export", metavar="NAME", help="export best.pt to --models-dir/NAME")
     p.add_argument("--models-dir", type=Path, default=Path("models"))
-    p.set_defaults(describe_data=None)
     hotload.add_arguments(p)
     return p
 

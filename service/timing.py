@@ -43,14 +43,6 @@ class Timing:
     def add(self, step: str, ms: float) -> None:
         self.steps[step] = self.steps.get(step, 0.0) + ms
 
-    @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(name, (time.perf_counter() - started) * 1000)
-
     def report(self) -> dict[str, float]:
         """The steps and the total so far, in ms: what the response shows."""
         sink = _reports.get()
@@ -88,10 +80,13 @@ async def off_loop(fn: Callable[..., T], *args: Any, pool: Executor | None = Non
     return await asyncio.get_running_loop().run_in_executor(pool, context.run, fn, *args)
 
 
-async def in_thread(timing: Timing, step: str, fn: Callable[..., T], *args: Any) -> T:
-    """Run CPU-bound `fn(*args)` (decode, resize) off the event loop and time it as `step`."""
+async def in_thread(
+    timing: Timing, step: str, fn: Callable[..., T], *args: Any, pool: Executor | None = None
+) -> T:
+    """Run CPU-bound `fn(*args)` (decode, resize) off the event loop, in `pool` (see off_loop),
+    and time it as `step`."""
     started = time.perf_counter()
     try:
-        return await off_loop(fn, *args)
+        return await off_loop(fn, *args, pool=pool)
     finally:
         timing.add(step, (time.perf_counter() - started) * 1000)

@@ -25,7 +25,7 @@ import numpy as np
 
 from service.images import DecodedImage, EncodedImage
 from service.runtime import ModelRuntime
-from service.timing import Timing, image_pool, off_loop
+from service.timing import Timing, image_pool, in_thread, off_loop
 
 M = TypeVar("M")  # what preprocess hands to postprocess: geometries, ...
 R = TypeVar("R")  # one image's answer
@@ -103,8 +103,9 @@ async def run_image(
     meta = staged.meta
     if heavy_finish:
         result = await runtime.infer(staged.tensor, timing)
-        with timing.step("postprocess"):
-            answer = await off_loop(finish, result.outputs, meta, pool=image_pool())
+        answer = await in_thread(
+            timing, "postprocess", finish, result.outputs, meta, pool=image_pool()
+        )
     else:
         result = await runtime.infer(staged.tensor, timing, finish=lambda o: finish(o, meta))
         timing.add("postprocess", result.finish_ms)

@@ -426,13 +426,6 @@ class Store:
 
     # --- what the search index reads ------------------------------------------------------
 
-    def revision(self, gallery_id: int) -> int | None:
-        with self.engine.connect() as conn:
-            value = conn.execute(
-                sa.select(galleries.c.revision).where(galleries.c.id == gallery_id)
-            ).scalar_one_or_none()
-        return None if value is None else int(value)
-
     def snapshot(self, gallery: Gallery) -> Snapshot:
         """Every face of the gallery and its revision, read in one consistent snapshot."""
         conn_opts = {"isolation_level": "REPEATABLE READ"}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,25 @@ def export_lines(store: Store, gallery: Gallery) -> Iterator[bytes]:
             "embedding": base64.b64encode(blob).decode(),
         }  # fmt: skip
         yield json.dumps(line).encode() + b"\n"
+
+
+CHUNK_BYTES = 256 * 1024
+
+
+def chunked(lines: Iterable[bytes], size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """`lines` joined into pieces of at least `size` bytes (the last may be shorter): a
+    streamed response runs a sync iterator one item per thread hop, which per export line
+    meant a hop per face."""
+    chunk: list[bytes] = []
+    held = 0
+    for line in lines:
+        chunk.append(line)
+        held += len(line)
+        if held >= size:
+            yield b"".join(chunk)
+            chunk, held = [], 0
+    if chunk:
+        yield b"".join(chunk)
 
 
 @dataclass

@@ -59,7 +59,13 @@ DetectorName = Annotated[
 ]
 
 
-def writable(request: Request) -> Principal:
+# async, as the dependencies in routes/common.py: a plain def would cost every gallery
+# request a thread-pool hop for a field read
+async def reader(request: Request) -> Principal:
+    return principal_of(request)
+
+
+async def writable(request: Request) -> Principal:
     principal = principal_of(request)
     if principal.read_only:
         raise ReadOnlyKey(
@@ -69,7 +75,7 @@ def writable(request: Request) -> Principal:
     return principal
 
 
-Reader = Annotated[Principal, Depends(principal_of)]
+Reader = Annotated[Principal, Depends(reader)]
 Writer = Annotated[Principal, Depends(writable)]
 
 
@@ -230,11 +236,11 @@ async def enrol_face(
     result = await service.enrol(
         galleries, found, subject, photo.detector, embedder, photo.image, all, timing
     )
+    shown = [face_out(result.faces, i) for i in range(len(result.ids))]
     faces = [
-        StoredFace(face_id=face_id, box=face_out(result.faces, i).box,
-                   score=face_out(result.faces, i).score, quality=result.qualities[i])
-        for i, face_id in enumerate(result.ids)
-    ]  # fmt: skip
+        StoredFace(face_id=face_id, box=face.box, score=face.score, quality=quality)
+        for face_id, face, quality in zip(result.ids, shown, result.qualities, strict=True)
+    ]
     return EnrolResponse(
         gallery=gallery, subject=subject, model=embedder.name, model_version=embedder.version,
         faces=faces, faces_found=result.found, timing_ms=timing.report(),
@@ -316,7 +322,7 @@ async def export_gallery(
     """The gallery as JSON Lines: header, subjects, faces with their embeddings."""
     found = await _gallery(galleries, principal, gallery)
     return StreamingResponse(
-        transfer.export_lines(galleries.store, found),
+        transfer.chunked(transfer.export_lines(galleries.store, found)),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{gallery}.jsonl"'},
     )

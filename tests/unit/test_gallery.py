@@ -19,7 +19,7 @@ from service.gallery.db import make_engine, metadata, migrate
 from service.gallery.errors import InvalidImport, ModelMismatch, TooFewPairs
 from service.gallery.index import GalleryIndex
 from service.gallery.store import Snapshot
-from service.gallery.transfer import parse
+from service.gallery.transfer import chunked, parse
 from service.tenancy import DEFAULT_TENANT, Principal, parse_key_line, principals
 from tests.support.gallery import BACKENDS, database_settings
 
@@ -232,3 +232,13 @@ def test_migrations_reach_the_tables_schema(engine: sa.Engine) -> None:
             pragmas = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar()
                        for p in ("journal_mode", "synchronous", "secure_delete")}  # fmt: skip
         assert pragmas == {"journal_mode": "wal", "synchronous": 2, "secure_delete": 1}
+
+
+@pytest.mark.parametrize(("size", "pieces"), [(1, 12), (10, 7), (25, 4), (10_000, 1)])
+def test_export_chunks_keep_every_byte_in_order(size: int, pieces: int) -> None:
+    lines = [f'{{"n": {i}}}\n'.encode() for i in range(12)]  # 9 bytes each, 10 from n=10 on
+    chunks = list(chunked(lines, size))
+    assert b"".join(chunks) == b"".join(lines)
+    assert len(chunks) == pieces
+    assert all(len(c) >= size for c in chunks[:-1])  # only the last may be short
+    assert list(chunked([], size)) == []

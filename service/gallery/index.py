@@ -172,11 +172,16 @@ class Indexes:
             self.by_id[gallery.id] = index
             return index
 
-    def apply(self, gallery_id: int, revision: int, change: Callable[[GalleryIndex], None]) -> None:
-        """A change this process committed at `revision`: into the index if one is loaded."""
+    async def apply(
+        self, gallery_id: int, revision: int, change: Callable[[GalleryIndex], None]
+    ) -> None:
+        """A change this process committed at `revision`: into the index if one is loaded. In
+        a worker thread: the index's lock may be held by a search of a large gallery, and
+        growing its matrix copies it, neither of which may stall the event loop. Shielded: a
+        client that hangs up must not cancel a committed change out of the index."""
         index = self.by_id.get(gallery_id)
         if index is not None:
-            index.apply(revision, lambda: change(index))
+            await asyncio.shield(off_loop(index.apply, revision, lambda: change(index)))
 
     def forget(self, gallery_id: int) -> None:
         self.by_id.pop(gallery_id, None)

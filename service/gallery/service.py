@@ -109,7 +109,7 @@ async def enrol(
     ids, subject_id, revision = await in_thread(
         timing, "store", galleries.store.add_faces, gallery, subject, new
     )
-    galleries.indexes.apply(
+    await galleries.indexes.apply(
         gallery.id, revision, lambda index: index.add(ids, subject_id, subject, vectors)
     )
     return Enrolled(ids, chosen, qualities, len(found))

@@ -208,7 +208,7 @@ async def delete_subject(
     ids, revision = await off_loop(
         galleries.store.delete_subject, found, subject, _audit(request, principal)
     )
-    galleries.indexes.apply(found.id, revision, lambda index: index.remove(ids))
+    await galleries.indexes.apply(found.id, revision, lambda index: index.remove(ids))
     return Deleted(gallery=gallery, subject=subject, faces_deleted=len(ids))
 
 
@@ -261,7 +261,7 @@ async def delete_face(
     revision = await off_loop(
         galleries.store.delete_face, found, subject, face_id, _audit(request, principal)
     )
-    galleries.indexes.apply(found.id, revision, lambda index: index.remove([face_id]))
+    await galleries.indexes.apply(found.id, revision, lambda index: index.remove([face_id]))
     return Deleted(gallery=gallery, subject=subject, face_id=face_id, faces_deleted=1)
 
 

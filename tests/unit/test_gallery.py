@@ -3,8 +3,10 @@ JSON Lines parser and the migrations (their schema is the tables' schema)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from alembic.migration import MigrationContext
 from service.gallery import calibrate as cal
 from service.gallery.db import make_engine, metadata, migrate
 from service.gallery.errors import InvalidImport, ModelMismatch, TooFewPairs
-from service.gallery.index import GalleryIndex
+from service.gallery.index import GalleryIndex, Indexes
 from service.gallery.store import Snapshot
 from service.gallery.transfer import chunked, parse
 from service.tenancy import DEFAULT_TENANT, Principal, parse_key_line, principals
@@ -95,6 +97,32 @@ def test_search_is_exact_per_subject(n, subjects, top_k):
         want = sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
         assert [x.subject for x in got] == [f"s{s}" for s, _ in want]
         assert [x.similarity for x in got] == pytest.approx([v for _, v in want], abs=1e-6)
+
+
+def test_a_change_waits_for_a_running_search_off_the_event_loop():
+    """Indexes.apply takes the index's lock in a worker thread: while a search (here, a held
+    lock) runs, the event loop keeps serving, and the change lands once the search ends."""
+    rng = np.random.default_rng(3)
+    index = GalleryIndex(snapshot(unit(rng, 2), np.array([0, 1]), revision=5))
+    indexes = Indexes(store=None)  # type: ignore[arg-type]  # apply never reads the store
+    indexes.by_id[1] = index
+
+    async def scenario() -> list[str]:
+        events: list[str] = []
+        index.lock.acquire()
+        # a safety net: were apply to block the loop, this thread still frees it
+        releaser = threading.Timer(3.0, index.lock.release)
+        releaser.start()
+        change = asyncio.create_task(indexes.apply(1, 6, lambda i: i.remove([1])))
+        await asyncio.sleep(0.2)
+        events.append(f"loop ran, change done={change.done()}")
+        releaser.cancel()
+        index.lock.release()
+        await asyncio.wait_for(change, 5)
+        events.append(f"revision {index.revision}, rows {index.n}")
+        return events
+
+    assert asyncio.run(scenario()) == ["loop ran, change done=False", "revision 6, rows 1"]
 
 
 def test_changes_apply_in_revision_order_and_removals_swap():

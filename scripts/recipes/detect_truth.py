@@ -60,18 +60,22 @@ TRUTH: dict[str, list[Truth]] = {
 }
 
 
-def match(truths: list[Truth], detections: list[dict[str, Any]]) -> list[float]:
-    """Per truth, the IoU of the detection that found it (0.0 if none). Greedy by IoU, each
-    detection used once."""
-    best = [0.0] * len(truths)
-    if not detections:
-        return best
+def _pairs(truths: list[Truth], detections: list[dict[str, Any]]) -> list[tuple[int, int, float]]:
+    """(truth, detection, IoU) pairs at IoU >= 0.5 with an accepted label: greedy by IoU, each
+    detection and each truth used once."""
+    if not truths or not detections:
+        return []
     boxes = np.array([d["box"] for d in detections], np.float32)
-    gt = np.array([t.box for t in truths], np.float32)
-    overlap = iou(gt, boxes)
+    overlap = iou(np.array([t.box for t in truths], np.float32), boxes)
     for i, t in enumerate(truths):
         overlap[i, [d["label"] not in t.labels for d in detections]] = 0.0
-    for i, _, value in greedy_pairs(overlap):
+    return greedy_pairs(overlap)
+
+
+def match(truths: list[Truth], detections: list[dict[str, Any]]) -> list[float]:
+    """Per truth, the IoU of the detection that found it (0.0 if none)."""
+    best = [0.0] * len(truths)
+    for i, _, value in _pairs(truths, detections):
         best[i] = value
     return best
 
@@ -227,15 +231,7 @@ def false_boxes(
     """Detections scoring >= min_score that found no hand-drawn object (a second box on one
     object counts) and are not centred in an IGNORE region of `name`."""
     confident = [d for d in detections if d["score"] >= min_score]
-    if not confident:
-        return 0
-    used: set[int] = set()
-    if truths:
-        boxes = np.array([d["box"] for d in confident], np.float32)
-        overlap = iou(np.array([t.box for t in truths], np.float32), boxes)
-        for i, t in enumerate(truths):
-            overlap[i, [d["label"] not in t.labels for d in confident]] = 0.0
-        used = {j for _, j, _ in greedy_pairs(overlap)}
+    used = {j for _, j, _ in _pairs(truths, confident)}
     regions = IGNORE.get(name, [])
     count = 0
     for j, d in enumerate(confident):

@@ -26,12 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS = ROOT / "models"
 
 
+# Every app's data folder lives under one folder removed when the test process exits.
+_DATA_ROOT = tempfile.TemporaryDirectory(prefix="iis-test-data-")
+
+
 def settings_for(models_dir: Path, **overrides: object) -> Settings:
     """Settings for tests: load models before serving, one warm-up run, no .env file."""
     values: dict[str, object] = {
         "models_dir": models_dir,
         # a fresh face-gallery database per app, never the checkout's data/
-        "data_dir": Path(tempfile.mkdtemp(prefix="iis-data-")),
+        "data_dir": Path(tempfile.mkdtemp(prefix="app-", dir=_DATA_ROOT.name)),
         "background_load": False,
         "warmup_runs": 1,
         "intra_op_threads": 1,

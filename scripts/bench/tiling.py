@@ -28,7 +28,7 @@ from typing import Any
 from scripts.bench import kit as benchkit
 from scripts.constants import ROOT
 from scripts.recipes.defaults import fetch_bench_data, testdata_path
-from scripts.recipes.detect_truth import HELD_OUT, Truth, false_boxes, match, tuning_set
+from scripts.recipes.detect_truth import HELD_OUT, Truth, false_detections, match, tuning_set
 
 DETECTOR = "yolov3-tiny-coco"
 SEGMENTER = "shapes-maskrcnn-mobilenet_v2"
@@ -62,10 +62,18 @@ def accuracy(client: Any, truths: dict[str, list[Truth]]) -> dict[str, Any]:
             )
             ious = match(photo_truths, body["detections"])
             hits = sum(v >= 0.5 for v in ious)
-            wrong = false_boxes(name, photo_truths, body["detections"])
-            found, total, false = found + hits, total + len(ious), false + wrong
+            wrong = false_detections(name, photo_truths, body["detections"])
+            found, total, false = found + hits, total + len(ious), false + len(wrong)
             tiles += (body.get("tiling") or {}).get("tiles", 0)
-            per_photo[name] = {"found": hits, "objects": len(ious), "false": wrong}
+            per_photo[name] = {
+                "found": hits,
+                "objects": len(ious),
+                "false": len(wrong),
+                "false_boxes": [
+                    {"label": d["label"], "score": round(d["score"], 3), "box": d["box"]}
+                    for d in wrong
+                ],
+            }
         rows[label] = {
             "recall": round(found / total, 3),
             "found": found,

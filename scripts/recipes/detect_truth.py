@@ -225,20 +225,20 @@ def tuning_set() -> dict[str, list[Truth]]:
     return {name: truths + SMALL.get(name, []) for name, truths in TRUTH.items()}
 
 
-def false_boxes(
+def false_detections(
     name: str, truths: list[Truth], detections: list[dict[str, Any]], min_score: float = 0.5
-) -> int:
+) -> list[dict[str, Any]]:
     """Detections scoring >= min_score that found no hand-drawn object (a second box on one
     object counts) and are not centred in an IGNORE region of `name`."""
     confident = [d for d in detections if d["score"] >= min_score]
     used = {j for _, j, _ in _pairs(truths, confident)}
     regions = IGNORE.get(name, [])
-    count = 0
+    out = []
     for j, d in enumerate(confident):
         if j in used:
             continue
         x1, y1, x2, y2 = d["box"]
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         if not any(a <= cx <= c and b <= cy <= e for a, b, c, e in regions):
-            count += 1
-    return count
+            out.append(d)
+    return out

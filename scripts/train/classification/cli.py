@@ -18,9 +18,13 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scripts import hotload
 from scripts.constants import ROOT
+
+if TYPE_CHECKING:  # torch at import time would slow --help
+    from scripts.train.classification.train import Config
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as service/cards.py requires
 
@@ -100,6 +104,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def config_for(args: argparse.Namespace) -> Config:
+    """The training run the parsed arguments ask for. The defaults above repeat Config's so that
+    `--help` needs no torch; tests/unit/test_trainer_defaults.py keeps them equal."""
+    from scripts.train import config_from
+    from scripts.train.classification.loop import LoopConfig
+    from scripts.train.classification.train import Config
+
+    return config_from(
+        Config,
+        args,
+        val_fraction=args.val_split,
+        augment=not args.no_augment,
+        flip=not args.no_flip,
+        export=not args.no_export,
+        loop=config_from(LoopConfig, args, skip={"balanced", "precision"}),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning
@@ -110,23 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from scripts.train import config_from
     from scripts.train.classification import FinetuneError
-    from scripts.train.classification.loop import LoopConfig
-    from scripts.train.classification.train import Config, run
+    from scripts.train.classification.train import run
 
     torch.use_deterministic_algorithms(True, warn_only=True)
-    cfg = config_from(
-        Config,
-        args,
-        val_fraction=args.val_split,
-        augment=not args.no_augment,
-        flip=not args.no_flip,
-        export=not args.no_export,
-        loop=config_from(LoopConfig, args, skip={"balanced", "precision"}),
-    )
     try:
-        summary = run(cfg)
+        summary = run(config_for(args))
     except FinetuneError as exc:  # bad folder, weights, settings: a sentence, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -64,13 +64,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_for(args: argparse.Namespace) -> Config:
+    """The training run the parsed arguments ask for (their defaults repeat Config's:
+    tests/unit/test_trainer_defaults.py keeps them equal)."""
+    return config_from(Config, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.load_into and not args.export:
         p.error("--load-into needs --export NAME")
     started = time.perf_counter()
-    trained = run(config_from(Config, args))
+    trained = run(config_for(args))
     if trained.model_dir is not None:
         hotload.after_export(args, args.export, trained.model_dir)
     result = trained.result

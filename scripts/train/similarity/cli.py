@@ -23,7 +23,7 @@ from scripts.train.similarity.data import align_dataset, make_toy_dataset
 from scripts.train.similarity.train import Config, TrainResult, run
 
 
-def main(argv: list[str] | None = None) -> TrainResult | None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -63,9 +63,19 @@ def main(argv: list[str] | None = None) -> TrainResult | None:
     y.add_argument("--per-identity", type=int, default=6)
     y.add_argument("--size", type=int, default=32)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def config_for(args: argparse.Namespace) -> Config:
+    """The training run `train`'s parsed arguments ask for (their defaults repeat Config's:
+    tests/unit/test_trainer_defaults.py keeps them equal)."""
+    return config_from(Config, args, pk=tuple(args.pk))
+
+
+def main(argv: list[str] | None = None) -> TrainResult | None:
+    args = parser().parse_args(argv)
     if args.command == "train":
-        result = run(config_from(Config, args, pk=tuple(args.pk)))
+        result = run(config_for(args))
         hotload.after_export(args, args.name, result.model_dir)
         return result
     if args.command == "align":

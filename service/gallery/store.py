@@ -298,33 +298,13 @@ class Store:
         self, gallery: Gallery, subject: str, new: Sequence[NewFace]
     ) -> tuple[list[int], int, int]:
         """Store faces of a subject in one transaction. -> (face ids, subject id, revision)."""
-        dim = int(new[0].embedding.shape[0])
         with self.writer.begin() as conn:
             revision = self._bump(conn, gallery)
             row = self._subject(conn, gallery, subject)
-            stored_dim = conn.execute(
-                sa.select(galleries.c.dim).where(galleries.c.id == gallery.id)
-            ).scalar_one()
-            if stored_dim is None:
-                conn.execute(
-                    sa.update(galleries).where(galleries.c.id == gallery.id).values(dim=dim)
-                )
-            elif stored_dim != dim:
-                raise ModelMismatch(
-                    f"gallery {gallery.name!r} holds {stored_dim}-d embeddings of "
-                    f"{gallery.model_ref}; got {dim}-d ones"
-                )
-            created = now()
+            _claim_dim(conn, gallery, {int(f.embedding.shape[0]) for f in new})
             ids = conn.execute(
                 sa.insert(faces).returning(faces.c.id, sort_by_parameter_order=True),
-                [
-                    {
-                        "gallery_id": gallery.id, "subject_id": row.id,
-                        "embedding": to_blob(f.embedding), "box": f.box, "score": f.score,
-                        "quality": f.quality, "created_at": created,
-                    }  # fmt: skip
-                    for f in new
-                ],
+                _face_rows(gallery, int(row.id), new, now()),
             ).scalars().all()  # fmt: skip
         return [int(i) for i in ids], int(row.id), revision
 
@@ -348,34 +328,12 @@ class Store:
                     f"gallery {gallery.name!r} already has subjects {sorted(existing)[:5]}; "
                     "nothing was imported (delete them first, or import into another gallery)"
                 )
-            dims = {f.embedding.shape[0] for _, _, fs in people for f in fs}
-            stored_dim = conn.execute(
-                sa.select(galleries.c.dim).where(galleries.c.id == gallery.id)
-            ).scalar_one()
-            if stored_dim is not None and dims - {stored_dim}:
-                raise ModelMismatch(f"gallery {gallery.name!r} holds {stored_dim}-d embeddings")
-            if stored_dim is None and dims:
-                conn.execute(
-                    sa.update(galleries).where(galleries.c.id == gallery.id).values(dim=dims.pop())
-                )
+            dims = {int(f.embedding.shape[0]) for _, _, new in people for f in new}
+            _claim_dim(conn, gallery, dims)
             for name, metadata, new in people:
                 subject_id = _insert_subject(conn, gallery, name, metadata, created)
                 if new:
-                    conn.execute(
-                        sa.insert(faces),
-                        [
-                            {
-                                "gallery_id": gallery.id,
-                                "subject_id": subject_id,
-                                "embedding": to_blob(f.embedding),
-                                "box": f.box,
-                                "score": f.score,
-                                "quality": f.quality,
-                                "created_at": created,
-                            }  # fmt: skip
-                            for f in new
-                        ],
-                    )
+                    conn.execute(sa.insert(faces), _face_rows(gallery, subject_id, new, created))
                     stored += len(new)
         return stored, revision
 
@@ -485,6 +443,42 @@ class Store:
         with self.engine.connect() as conn:
             for r in conn.execute(query):
                 yield r.name, r.box, r.score, r.quality, r.embedding
+
+
+def _claim_dim(conn: Connection, gallery: Gallery, dims: set[int]) -> None:
+    """Embeddings of lengths `dims` are about to be stored: a gallery takes the length of its
+    first ones and refuses any other (ModelMismatch)."""
+    stored = conn.execute(
+        sa.select(galleries.c.dim).where(galleries.c.id == gallery.id)
+    ).scalar_one()  # fmt: skip
+    if stored is not None and dims - {stored}:
+        raise ModelMismatch(
+            f"gallery {gallery.name!r} holds {stored}-d embeddings of {gallery.model_ref}; "
+            f"got {'-d, '.join(map(str, sorted(dims - {stored})))}-d ones"
+        )
+    if stored is None and len(dims) > 1:
+        raise ModelMismatch(f"embeddings of {sorted(dims)} values: one length per gallery")
+    if stored is None and dims:
+        conn.execute(
+            sa.update(galleries).where(galleries.c.id == gallery.id).values(dim=dims.pop())
+        )
+
+
+def _face_rows(
+    gallery: Gallery, subject_id: int, new: Sequence[NewFace], created: dt.datetime
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "gallery_id": gallery.id,
+            "subject_id": subject_id,
+            "embedding": to_blob(f.embedding),
+            "box": f.box,
+            "score": f.score,
+            "quality": f.quality,
+            "created_at": created,
+        }  # fmt: skip
+        for f in new
+    ]
 
 
 def _insert_subject(

@@ -264,6 +264,33 @@ def test_migrations_reach_the_tables_schema(engine: sa.Engine) -> None:
         assert pragmas == {"journal_mode": "wal", "synchronous": 2, "secure_delete": 1}
 
 
+def test_a_gallery_keeps_one_embedding_length(engine: sa.Engine) -> None:
+    """The first faces set a gallery's embedding length; enrolments and imports of another
+    are refused whole (nothing stored), an import mixing lengths too."""
+    from service.gallery.store import NewFace, Store
+
+    migrate(engine)
+    store = Store(engine)
+
+    def faces(dim: int, n: int = 1) -> list[NewFace]:
+        return [NewFace(np.ones(dim, np.float32) / np.sqrt(dim), [0, 0, 1, 1], 1.0, 1.0)] * n
+
+    mixed = store.ensure_gallery("t", "mixed", "m", 1)
+    with pytest.raises(ModelMismatch, match="one length per gallery"):
+        store.import_subjects(mixed, [("a", {}, faces(4)), ("b", {}, faces(8))])
+    assert store.counts(mixed.id) == (0, 0)
+    gallery = store.ensure_gallery("t", "g", "m", 1)
+    store.create_subject(gallery, "a", {})
+    store.add_faces(gallery, "a", faces(4, 2))
+    with pytest.raises(ModelMismatch, match="holds 4-d embeddings of m@1; got 8-d ones"):
+        store.add_faces(gallery, "a", faces(8))
+    with pytest.raises(ModelMismatch, match="got 8-d ones"):
+        store.import_subjects(gallery, [("b", {}, faces(4)), ("c", {}, faces(8))])
+    assert store.counts(gallery.id) == (1, 2)
+    store.import_subjects(gallery, [("b", {}, faces(4))])
+    assert store.counts(gallery.id) == (2, 3)
+
+
 def _migrate_in_child(url: str, results: Any) -> None:
     try:
         results.put(migrate(make_engine(url)))

@@ -7,6 +7,7 @@ the same name is a different gallery, and one that is not the caller's answers 4
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -45,6 +46,7 @@ from service.routes.common import (
     face_out,
     face_photo,
 )
+from service.runtime import ModelRuntime
 from service.schemas import ERROR_RESPONSES
 from service.tenancy import Principal, principal_of
 from service.timing import Timing, off_loop
@@ -85,6 +87,19 @@ def _audit(request: Request, principal: Principal) -> Audit:
 
 async def _gallery(galleries: Galleries, principal: Principal, name: str) -> Gallery:
     return await off_loop(galleries.store.get_gallery, principal.tenant, name)
+
+
+async def _gallery_or_new(
+    galleries: Galleries, principal: Principal, name: str, embedder: Callable[[], ModelRuntime]
+) -> Gallery:
+    """The tenant's gallery `name`, created bound to `embedder()` if it does not exist."""
+    found = await off_loop(galleries.store.find_gallery, principal.tenant, name)
+    if found is not None:
+        return found
+    model = embedder()
+    return await off_loop(
+        galleries.store.ensure_gallery, principal.tenant, name, model.name, model.version
+    )
 
 
 def _out(gallery: Gallery, subjects: int, faces: int) -> GalleryOut:
@@ -140,13 +155,9 @@ async def create_subject(
     ] = None,
 ) -> SubjectOut:
     """Add a subject (creating the gallery, bound to one embedder model, if it is new)."""
-    existing = await off_loop(galleries.store.find_gallery, principal.tenant, gallery)
-    if existing is None:
-        embedder = registry.get("face-embed", model)
-        existing = await off_loop(
-            galleries.store.ensure_gallery, principal.tenant, gallery, embedder.name,
-            embedder.version,
-        )  # fmt: skip
+    existing = await _gallery_or_new(
+        galleries, principal, gallery, lambda: registry.get("face-embed", model)
+    )
     if model is not None and model not in (existing.model_name, existing.model_ref):
         raise ModelMismatch(
             f"gallery {gallery!r} uses {existing.model_ref}; it cannot take subjects for {model}"
@@ -353,15 +364,13 @@ async def import_gallery(
     """Import an export: all of it or nothing; refused when its model is not the gallery's."""
     body = await request.body()  # bounded by the upload limit (IIS_MAX_UPLOAD_BYTES)
     parsed = await off_loop(transfer.parse, body, lambda n: bool(NAME.match(n)))
-    existing = await off_loop(galleries.store.find_gallery, principal.tenant, gallery)
-    if existing is None:
-        # a new gallery takes the file's model, which this server must have
+
+    def file_model() -> ModelRuntime:  # a new gallery takes the file's, which we must have
         embedder = registry.get("face-embed", f"{parsed.model}@{parsed.model_version}")
         transfer.check_model(parsed, None, embedder.name, embedder.version)
-        existing = await off_loop(
-            galleries.store.ensure_gallery, principal.tenant, gallery, embedder.name,
-            embedder.version,
-        )  # fmt: skip
+        return embedder
+
+    existing = await _gallery_or_new(galleries, principal, gallery, file_model)
     transfer.check_model(parsed, existing, existing.model_name, existing.model_version)
     people = [(name, meta, new) for name, (meta, new) in parsed.people.items()]
     stored, _ = await off_loop(galleries.store.import_subjects, existing, people)

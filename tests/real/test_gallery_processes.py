@@ -17,10 +17,10 @@ import pytest
 from tests.support.gallery import (
     BACKENDS,
     GALLERY,
-    Server,
     as_env,
     database_settings,
     face_models,
+    gallery_server,
     photo,
 )
 
@@ -53,7 +53,7 @@ def test_sigkill_mid_enrolment_keeps_every_answered_face(
     models: Path, db_env: dict[str, str], testdata: Path
 ) -> None:
     files = photo(testdata, "obama.jpg")
-    server = Server(models, db_env).start()
+    server = gallery_server(models, db_env).start()
     answered: list[int] = []
     sent = 0
     stop = threading.Event()
@@ -91,7 +91,7 @@ def test_sigkill_mid_enrolment_keeps_every_answered_face(
     finally:
         server.stop()
 
-    again = Server(models, db_env).start()
+    again = gallery_server(models, db_env).start()
     try:
         got = detail(again.url, "crash", "obama")
         stored = {f["face_id"] for f in got["face_list"]}
@@ -118,7 +118,7 @@ def test_eight_clients_enrolling_and_deleting_exact_counts(
     models: Path, db_env: dict[str, str], testdata: Path
 ) -> None:
     files = photo(testdata, "obama2.jpg")
-    server = Server(models, db_env).start()
+    server = gallery_server(models, db_env).start()
     try:
         post_subject(server.url, "busy", "shared")
 
@@ -160,7 +160,7 @@ def test_eight_clients_enrolling_and_deleting_exact_counts(
 def test_two_replicas_on_postgresql_agree(models: Path, tmp_path: Path, testdata: Path) -> None:
     for db in database_settings("postgresql", tmp_path):
         env = as_env(db)
-        a, b = Server(models, env).start(), Server(models, env).start()
+        a, b = gallery_server(models, env).start(), gallery_server(models, env).start()
         try:
             post_subject(a.url, "both", "obama")
             post_subject(b.url, "both", "biden")

@@ -57,38 +57,67 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class ServiceProcess:
+    """`python -m service` in its own process on a free loopback port over a models folder:
+    started, stopped (SIGINT, as a container stop would) or killed at will."""
+
+    def __init__(self, models_dir: Path, env: dict[str, str], ready_seconds: float = 60) -> None:
+        self.models_dir, self.env, self.ready_seconds = models_dir, env, ready_seconds
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        # a file, not a pipe: a pipe nobody reads fills up and blocks a server that logs a lot
+        self.log = tempfile.TemporaryFile()
+
+    def start(self) -> ServiceProcess:
+        """Starts it and returns once /readyz is 200 (fails the test with its log if not)."""
+        port = free_port()
+        environment = os.environ | {
+            "IIS_MODELS_DIR": str(self.models_dir),
+            "IIS_PORT": str(port),
+            "IIS_HOST": "127.0.0.1",
+            "IIS_LOG_LEVEL": "warning",
+            **self.env,
+        }
+        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environment,
+                                     stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        wait_ready(self.proc, self.url, self.log, seconds=self.ready_seconds)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush; what was committed must be all there is."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> bool:
+        """SIGINT, then SIGKILL after 20 s; -> whether it shut down by itself."""
+        graceful = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                graceful = False
+        self.log.close()
+        return graceful
+
+
 def start_server(models_dir: Path, **env: str) -> Iterator[str]:
-    """uvicorn in its own process on a free loopback port; yields its URL once /readyz is 200
-    and stops it with SIGINT (as a container stop would) afterwards."""
-    port = free_port()
-    # a fresh face-gallery database per server (as settings_for), never the checkout's data/
+    """A ServiceProcess with its own fresh face-gallery folder (as settings_for, never the
+    checkout's data/); yields its URL once ready and fails the test if SIGINT does not stop
+    it within 20 s."""
     data = tempfile.TemporaryDirectory(prefix="iis-data-")
-    environment = os.environ | {
-        "IIS_MODELS_DIR": str(models_dir),
-        "IIS_PORT": str(port),
-        "IIS_HOST": "127.0.0.1",
-        "IIS_LOG_LEVEL": "warning",
-        "IIS_DATA_DIR": data.name,
-        **env,
-    }
-    # a file, not a pipe: a pipe nobody reads fills up and blocks a server that logs a lot
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=environment,
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = ServiceProcess(models_dir, {"IIS_DATA_DIR": data.name, **env})
     try:
-        wait_ready(proc, url, log, seconds=60)
-        yield url
+        yield server.start().url
     finally:
-        proc.send_signal(signal.SIGINT)  # graceful shutdown, as a container stop would
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        graceful = server.stop()
+        data.cleanup()
+        if not graceful:
             pytest.fail("server did not shut down within 20 s of SIGINT")
-        finally:
-            log.close()
-            data.cleanup()
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log: IO[bytes], seconds: float) -> None:

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from tests.support.app import ROOT, free_port, wait_ready
+from tests.support.app import ServiceProcess
 from tests.support.images import encode
 
 PG_ENV = "IIS_TEST_DATABASE_URL"
@@ -90,40 +86,9 @@ def two_people(testdata: Path) -> dict[str, tuple[str, bytes, str]]:
 GALLERY = "/v1/faces/galleries"
 
 
-class Server:
-    """`python -m service` in its own process over a models folder, killable at will."""
-
-    def __init__(self, models_dir: Path, env: dict[str, str]) -> None:
-        self.models_dir, self.env = models_dir, env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self) -> Server:
-        port = free_port()
-        env = os.environ | {"IIS_MODELS_DIR": str(self.models_dir), "IIS_PORT": str(port),
-                            "IIS_LOG_LEVEL": "warning", "IIS_INTRA_OP_THREADS": "1",
-                            **self.env}  # fmt: skip
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
-        self.url = f"http://127.0.0.1:{port}"
-        wait_ready(self.proc, self.url, self.log, seconds=90)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush; what was committed must be all there is."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+def gallery_server(models_dir: Path, env: dict[str, str]) -> ServiceProcess:
+    """The service over `models_dir` with one ORT thread, killable at will; start() it."""
+    return ServiceProcess(models_dir, {"IIS_INTRA_OP_THREADS": "1", **env}, ready_seconds=90)
 
 
 def face_models(default_models: Path, into: Path) -> Path:

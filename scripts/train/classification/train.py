@@ -22,8 +22,9 @@ from scripts.train.classification import FinetuneError, precision, report, strat
 from scripts.train.classification.data import Dataset, ImageSet, Transforms, is_skewed, scan
 from scripts.train.classification.features import ActivationCache, linear_probe
 from scripts.train.classification.loop import LoopConfig, LoopState, evaluate, fit
+from scripts.train.classification.pretrained import Pretrained
 from scripts.train.classification.sources import CachedSource, ImageSource
-from scripts.train.classification.weights import Pretrained, resolve
+from scripts.train.classification.weights import resolve
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,12 @@ is Keras's own `load_img(target_size=...)` convention and keeps the whole image.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from scripts.train.classification import FinetuneError
-
-if TYPE_CHECKING:
-    from scripts.train.classification.weights import Pretrained
+from scripts.train.classification.pretrained import Pretrained
 
 # Keras layer -> index of the conv inside torchvision.models.vgg16().features
 LAYERS: tuple[tuple[str, int], ...] = (
@@ -109,8 +107,6 @@ def onnx_path() -> Path:
 
 def pretrained() -> Pretrained:
     """REGISTRY loader for --arch vgg16 (scripts/train/classification/weights.py)."""
-    from scripts.train.classification.weights import Pretrained
-
     return Pretrained(
         state_dict_from_onnx(onnx_path()), DESCRIPTION, LICENCE, preprocess=dict(PREPROCESS)
     )

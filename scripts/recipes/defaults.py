@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -480,12 +480,12 @@ class VideoFrames:
         wanted = dict(zip(self.frames, self.names(), strict=True))
         if all((folder / name).exists() for name in wanted.values()):
             return
-        folder.mkdir(parents=True, exist_ok=True)
+        last = max(self.frames)
         with av.open(str(self.video.fetch())) as container:
             for index, frame in enumerate(container.decode(video=0)):
                 if index in wanted:
                     frame.to_image().save(folder / wanted[index])
-                if index >= max(self.frames):
+                if index >= last:
                     break
 
 
@@ -517,20 +517,22 @@ def testdata_path(name: str) -> Path:
     return CACHE / "testdata" / name
 
 
-def fetch_bench_data() -> None:
-    """Fetch BENCH_DATA into the test data folder (testdata_path names its files)."""
+def _fetch_into_testdata(items: Sequence[PackagedFile | DebFile | VideoFrames]) -> None:
+    """Each item's file (a video's frames) into the test data folder, named as testdata_path
+    reads them; what is already there is kept."""
     folder = testdata_path("")
-    for item in BENCH_DATA:
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in items:
         if isinstance(item, VideoFrames):
             item.fetch_into(folder)
-        elif not testdata_path(Path(item.member).name).exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(item.fetch(), testdata_path(Path(item.member).name))
+        elif not (target := folder / Path(item.member).name).exists():
+            shutil.copy2(item.fetch(), target)
+
+
+def fetch_bench_data() -> None:
+    """The held-out photos only the benchmarks read (BENCH_DATA)."""
+    _fetch_into_testdata(BENCH_DATA)
 
 
 def fetch_test_data() -> None:
-    for item in TEST_DATA:
-        target = testdata_path(Path(item.member).name)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(item.fetch(), target)
+    _fetch_into_testdata(TEST_DATA)

@@ -197,7 +197,7 @@ def _segment(args: argparse.Namespace) -> list[Path]:
         model = build_model(cfg)
         source = {"weights": "random (for tests and timing only; masks are meaningless)"}
     else:
-        raise SystemExit("give --checkpoint (train_segmenter.py or torchvision) or --random")
+        raise SystemExit("give --checkpoint (train-segmenter or torchvision) or --random")
     overrides = {
         "min_size": args.min_size,
         "max_size": args.max_size,
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     seg = sub.add_parser(
         "segment",
         help="Mask R-CNN (MobileNetV2-FPN, ResNet-50-FPN, ResNet-50-FPN v2) from a "
-        "train_segmenter.py checkpoint or torchvision weights",
+        "`python -m scripts train-segmenter` checkpoint or torchvision weights",
     )
     seg.add_argument(
         "--checkpoint",

@@ -459,7 +459,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by scripts/train/similarity/cli.py."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "face-embedder":
-        raise ValueError(f"{path}: not a face-embedder checkpoint from train_face_embedder.py")
+        raise ValueError(f"{path}: not a face-embedder checkpoint from train-faces")
     return ckpt  # type: ignore[no-any-return]
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from scripts import hotload
 from scripts.constants import ROOT
+from scripts.train import config_from
 
 if TYPE_CHECKING:  # torch at import time would slow --help
     from scripts.train.classification.train import Config
@@ -107,7 +108,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def config_for(args: argparse.Namespace) -> Config:
     """The training run the parsed arguments ask for. The defaults above repeat Config's so that
     `--help` needs no torch; tests/unit/test_trainer_defaults.py keeps them equal."""
-    from scripts.train import config_from
     from scripts.train.classification.loop import LoopConfig
     from scripts.train.classification.train import Config
 
